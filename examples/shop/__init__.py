@@ -1,0 +1,1 @@
+"""A tiny shop application whose tests show pytest-pgtemplate in use."""

@@ -1,0 +1,99 @@
+"""Creating, cloning, marking and dropping databases on the admin connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from ._naming import Marker, quote_ident, quote_literal
+
+_CLONE_RETRY_SECONDS = 30.0
+_LIST_SETTINGS = frozenset(
+    {"search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"}
+)
+
+
+async def state(admin: asyncpg.Connection, name: str) -> str:
+    """``missing``, ``finished`` (marked template) or ``unfinished`` (a crash leftover)."""
+    row = await admin.fetchrow(
+        "SELECT datistemplate AND NOT datallowconn AS finished FROM pg_database WHERE datname = $1",
+        name,
+    )
+    if row is None:
+        return "missing"
+    return "finished" if row["finished"] else "unfinished"
+
+
+async def create_empty(admin: asyncpg.Connection, name: str, marker: Marker) -> None:
+    await admin.execute(f"CREATE DATABASE {quote_ident(name)}")
+    await set_marker(admin, name, marker)
+
+
+async def set_marker(admin: asyncpg.Connection, name: str, marker: Marker) -> None:
+    await admin.execute(
+        f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(marker.to_comment())}"
+    )
+
+
+async def mark_finished(admin: asyncpg.Connection, name: str) -> None:
+    """The last step of a build: from now on the template is trusted and cannot be connected to."""
+    await terminate_connections(admin, name)
+    await admin.execute(
+        f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+    )
+
+
+async def terminate_connections(admin: asyncpg.Connection, name: str) -> list[int]:
+    rows = await admin.fetch(
+        "SELECT pg_terminate_backend(pid), pid FROM pg_stat_activity"
+        " WHERE datname = $1 AND pid <> pg_backend_pid()",
+        name,
+    )
+    return [row["pid"] for row in rows]
+
+
+async def drop(admin: asyncpg.Connection, name: str) -> None:
+    """Drop even a template with live connections (a template must be unmarked first)."""
+    exists = await admin.fetchval("SELECT datistemplate FROM pg_database WHERE datname = $1", name)
+    if exists is None:
+        return
+    if exists:
+        await admin.execute(f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE false")
+    await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+
+async def clone(
+    admin: asyncpg.Connection, template: str, name: str, marker: Marker, *, file_copy: bool
+) -> None:
+    """``CREATE DATABASE name TEMPLATE template``, retried while the template is briefly busy."""
+    strategy = " STRATEGY FILE_COPY" if file_copy else ""
+    statement = f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}"
+    deadline = time.monotonic() + _CLONE_RETRY_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            await admin.execute(statement)
+            break
+        except asyncpg.ObjectInUseError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+    await set_marker(admin, name, marker)
+    await copy_database_settings(admin, template, name)
+
+
+async def copy_database_settings(admin: asyncpg.Connection, source: str, target: str) -> None:
+    """``ALTER DATABASE ... SET`` is in pg_db_role_setting, which CREATE DATABASE does not copy."""
+    rows = await admin.fetch(
+        "SELECT unnest(s.setconfig) AS setting FROM pg_db_role_setting s"
+        " JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = $1 AND s.setrole = 0",
+        source,
+    )
+    for row in rows:
+        key, _, value = row["setting"].partition("=")
+        # List settings are stored already quoted element by element ("My Schema", public).
+        rendered = value if key.lower() in _LIST_SETTINGS else quote_literal(value)
+        await admin.execute(f"ALTER DATABASE {quote_ident(target)} SET {key} = {rendered}")

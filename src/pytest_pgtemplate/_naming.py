@@ -1,0 +1,68 @@
+"""Names and markers of the databases the plugin owns.
+
+Every database the plugin creates starts with ``pgtemplate_`` and carries a JSON comment, so
+that clean-up can tell the plugin's databases from anybody else's and never touch the latter.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PREFIX = "pgtemplate_"
+MAX_IDENTIFIER_BYTES = 63
+_UNSAFE = re.compile(r"[^a-z0-9_]+")
+
+Kind = Literal["template", "worker"]
+
+
+def new_run_id() -> str:
+    """12 hex digits (48 bits): unique across concurrent runs and CI shards on one server."""
+    return secrets.token_hex(6)
+
+
+def template_name(fingerprint: str) -> str:
+    return f"{PREFIX}tpl_{fingerprint[:20]}"
+
+
+def worker_database_name(run_id: str, worker_id: str) -> str:
+    """``pgtemplate_<run>_<worker>``, e.g. ``pgtemplate_3f2a9c1b7d4e_gw0``."""
+    safe_run = _UNSAFE.sub("", run_id.lower())[:16]
+    safe_worker = _UNSAFE.sub("_", worker_id.lower())[:24]
+    name = f"{PREFIX}{safe_run}_{safe_worker}"
+    assert len(name.encode()) <= MAX_IDENTIFIER_BYTES, name
+    return name
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """What the plugin writes into ``COMMENT ON DATABASE`` of databases it creates."""
+
+    kind: Kind
+    fingerprint: str = ""
+    run_id: str = ""
+    template: str = ""
+
+    def to_comment(self) -> str:
+        fields = {k: v for k, v in vars(self).items() if v}
+        return json.dumps({"pgtemplate": fields}, sort_keys=True)
+
+    @classmethod
+    def from_comment(cls, comment: str | None) -> Marker | None:
+        """Parse a comment; ``None`` for anything the plugin did not write."""
+        try:
+            fields: Any = json.loads(comment or "")["pgtemplate"]
+            return cls(**fields)
+        except (ValueError, KeyError, TypeError):
+            return None

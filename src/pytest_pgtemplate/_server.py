@@ -1,0 +1,86 @@
+"""Talking to the server as its administrator: connecting, and what the server is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+from ._errors import InsufficientPrivilegeError, ServerUnavailableError
+from ._urls import libpq, redacted
+
+_HOW_TO_FIX = (
+    "Set pgtemplate_url (ini), PGTEMPLATE_URL (env) or --pgtemplate-url to the URL of a "
+    "running server's maintenance database, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The server the plugin provisions databases on (the ``pg_server`` fixture)."""
+
+    url: str
+    """Admin URL (``postgresql://``, the maintenance database), usable by psql and asyncpg."""
+    version: str
+    version_num: int
+    started_by_plugin: bool
+    superuser: bool
+    fsync: bool
+
+    @property
+    def major(self) -> int:
+        return self.version_num // 10000
+
+
+async def connect(url: URL, timeout: float) -> asyncpg.Connection:
+    """Connect, translating driver errors into ones that say what to fix."""
+    where = redacted(url)
+    try:
+        return await asyncpg.connect(libpq(url), timeout=timeout)
+    except TimeoutError:
+        raise ServerUnavailableError(
+            f"PostgreSQL at {where} did not answer within {timeout:g} s. {_HOW_TO_FIX}"
+        ) from None
+    except asyncpg.InvalidCatalogNameError:
+        raise ServerUnavailableError(
+            f"database {url.database!r} does not exist on {where}; pgtemplate_url must name a "
+            "database that exists, normally the maintenance database 'postgres'"
+        ) from None
+    except (
+        asyncpg.InvalidPasswordError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+    ) as exc:
+        raise ServerUnavailableError(
+            f"PostgreSQL at {where} rejected user {url.username!r}: {exc}. "
+            "Fix the user name or password in pgtemplate_url."
+        ) from None
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ServerUnavailableError(
+            f"cannot connect to PostgreSQL at {where}: {exc}. Is the server running? {_HOW_TO_FIX}"
+        ) from None
+
+
+async def describe(conn: asyncpg.Connection, url: URL, *, started: bool) -> ServerInfo:
+    """Read what the plugin needs to know about the server, and check the role's rights."""
+    row = await conn.fetchrow(
+        "SELECT version() AS version,"
+        " current_setting('server_version_num')::int AS version_num,"
+        " current_setting('fsync') = 'on' AS fsync, r.rolsuper, r.rolcreatedb, r.rolname"
+        " FROM pg_roles r WHERE r.rolname = current_user"
+    )
+    if not (row["rolsuper"] or row["rolcreatedb"]):
+        role = row["rolname"]
+        raise InsufficientPrivilegeError(
+            f"role {role!r} may not create databases, which pytest-pgtemplate needs for the "
+            f"template and the worker databases. Run ALTER ROLE {role} CREATEDB as a superuser, "
+            "or put a role that has CREATEDB into pgtemplate_url."
+        )
+    return ServerInfo(
+        url=libpq(url),
+        version=row["version"],
+        version_num=row["version_num"],
+        started_by_plugin=started,
+        superuser=row["rolsuper"],
+        fsync=row["fsync"],
+    )

@@ -1,0 +1,174 @@
+"""Settings: one table of options, resolved with the precedence CLI > environment > ini > default.
+
+This module does not import pytest: the plugin registers the options it describes, and passes
+the raw values in; everything here is plain, testable code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ConfigurationError
+
+RESET_STRATEGIES = ("truncate-all",)
+DEFAULT_RESET = "truncate-all"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    help: str
+    default: str = ""
+    env: bool = True
+    choices: tuple[str, ...] = ()
+    flag: bool = False
+
+    @property
+    def ini(self) -> str:
+        return f"pgtemplate_{self.name}"
+
+    @property
+    def cli(self) -> str:
+        return "--pgtemplate-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return f"pgtemplate_{self.name}"
+
+    @property
+    def env_var(self) -> str | None:
+        return f"PGTEMPLATE_{self.name.upper()}" if self.env else None
+
+
+OPTIONS = (
+    Option(
+        "url",
+        "URL of the server's maintenance database, "
+        "e.g. postgresql://postgres@127.0.0.1:5432/postgres.",
+    ),
+    Option(
+        "alembic_ini",
+        "alembic config that migrates the template (default: alembic.ini in the rootdir).",
+        default="alembic.ini",
+    ),
+    Option(
+        "migrate", "'package.module:function' called with the template's URL, instead of alembic."
+    ),
+    Option(
+        "reset",
+        "how a worker database is put back after each test.",
+        default=DEFAULT_RESET,
+        choices=RESET_STRATEGIES,
+    ),
+    Option(
+        "export_env",
+        "env vars (space or comma separated) set to the worker database's URL "
+        "in every worker, e.g. DATABASE_URL.",
+        env=False,
+    ),
+    Option(
+        "lock_timeout",
+        "seconds to wait for another run or worker that builds the template.",
+        default="300",
+    ),
+    Option("connect_timeout", "seconds to wait for the server to answer.", default="10"),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    value: str
+    source: str
+    """``cli``, ``env PGTEMPLATE_X``, ``ini`` or ``default``: shown in the report header."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: Resolved
+    alembic_ini: Path | None
+    migrate: str | None
+    reset: str
+    export_env: tuple[str, ...]
+    lock_timeout: float
+    connect_timeout: float
+    sources: Mapping[str, Resolved]
+
+
+RawLookup = Callable[[Option], tuple[str | None, str | None]]
+"""Returns (cli value, ini value) for an option; None where unset."""
+
+
+def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Settings:
+    """Apply precedence and validate every value; raise ConfigurationError naming the fix."""
+    sources = {option.name: _resolve_one(option, lookup, environ) for option in OPTIONS}
+    value = {name: resolved.value for name, resolved in sources.items()}
+    for option in OPTIONS:
+        if option.choices and value[option.name] not in option.choices:
+            raise ConfigurationError(_choice_error(option, value[option.name]))
+    return Settings(
+        url=sources["url"],
+        alembic_ini=_alembic_ini(sources["alembic_ini"], value["migrate"], rootdir),
+        migrate=value["migrate"] or None,
+        reset=value["reset"],
+        export_env=_env_names(value["export_env"]),
+        lock_timeout=_seconds(OPTIONS_BY_NAME["lock_timeout"], value["lock_timeout"]),
+        connect_timeout=_seconds(OPTIONS_BY_NAME["connect_timeout"], value["connect_timeout"]),
+        sources=sources,
+    )
+
+
+def choice_error(option_name: str, got: str) -> str:
+    return _choice_error(OPTIONS_BY_NAME[option_name], got)
+
+
+def _resolve_one(option: Option, lookup: RawLookup, environ: Mapping[str, str]) -> Resolved:
+    cli, ini = lookup(option)
+    if cli not in (None, ""):
+        return Resolved(str(cli), "cli")
+    if option.env_var and environ.get(option.env_var):
+        return Resolved(environ[option.env_var], f"env {option.env_var}")
+    if ini not in (None, ""):
+        return Resolved(str(ini), "ini")
+    return Resolved(option.default, "default")
+
+
+def _choice_error(option: Option, got: str) -> str:
+    valid = ", ".join(repr(choice) for choice in option.choices)
+    return f"{option.ini} must be one of [{valid}] (got {got!r})"
+
+
+def _alembic_ini(resolved: Resolved, migrate: str, rootdir: Path) -> Path | None:
+    if migrate:
+        if resolved.source != "default":
+            raise ConfigurationError(
+                "set either pgtemplate_migrate or pgtemplate_alembic_ini, not both "
+                f"(pgtemplate_alembic_ini comes from {resolved.source})"
+            )
+        return None
+    path = Path(os.path.expanduser(resolved.value))
+    return path if path.is_absolute() else rootdir / path
+
+
+def _env_names(raw: str) -> tuple[str, ...]:
+    names = tuple(name for name in re.split(r"[\s,]+", raw) if name)
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ConfigurationError(
+                f"pgtemplate_export_env entries must be environment variable names (got {name!r})"
+            )
+    return names
+
+
+def _seconds(option: Option, raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ConfigurationError(f"{option.ini} must be a positive number of seconds (got {raw!r})")
+    return seconds

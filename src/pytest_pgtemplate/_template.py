@@ -1,0 +1,140 @@
+"""The template database: reused when finished, otherwise built exactly once.
+
+Two locks make "exactly once" hold: a file lock for the xdist workers of one run (cheap, no
+polling), and a PostgreSQL advisory lock for runs on other machines that share the server.
+A template is trusted only once it is marked (``IS_TEMPLATE``, ``ALLOW_CONNECTIONS false``),
+which is the build's last step; an unmarked one is a crash leftover and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from filelock import FileLock, Timeout
+from sqlalchemy.engine import URL
+
+from . import _databases
+from ._aio import BackgroundLoop
+from ._errors import LockTimeoutError, MigrationError, PgTemplateError
+from ._migrate import Migrator
+from ._naming import Marker
+from ._urls import for_database
+
+_ADVISORY_CLASS = 0x70677470  # "pgtp": keeps our advisory locks apart from the application's
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """The template database (the ``pg_template`` fixture)."""
+
+    name: str
+    fingerprint: str
+    reused: bool
+    """True when an earlier run or another worker built it; False when this process did."""
+    build_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    name: str
+    fingerprint: str
+    server_url: URL
+    migrator: Migrator
+    lock_dir: Path
+    lock_timeout: float
+
+
+def ensure_template(
+    loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest
+) -> TemplateInfo:
+    """Return the finished template, building it under both locks if nobody has yet."""
+    if loop.run(_databases.state(admin, request.name)) == "finished":
+        return TemplateInfo(request.name, request.fingerprint, reused=True)
+    with _file_lock(request), _advisory_lock(loop, admin, request):
+        state = loop.run(_databases.state(admin, request.name))
+        if state == "finished":
+            return TemplateInfo(request.name, request.fingerprint, reused=True)
+        if state == "unfinished":
+            loop.run(_databases.drop(admin, request.name))
+        return _build(loop, admin, request)
+
+
+def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest) -> TemplateInfo:
+    started = time.perf_counter()
+    marker = Marker("template", fingerprint=request.fingerprint)
+    loop.run(_databases.create_empty(admin, request.name, marker))
+    try:
+        _run_without_event_loop(request.migrator, for_database(request.server_url, request.name))
+        loop.run(_databases.mark_finished(admin, request.name))
+    except BaseException:
+        loop.run(_databases.drop(admin, request.name))
+        raise
+    return TemplateInfo(
+        request.name,
+        request.fingerprint,
+        reused=False,
+        build_seconds=time.perf_counter() - started,
+    )
+
+
+def _run_without_event_loop(migrator: Migrator, url: URL) -> None:
+    """Alembic's async env.py calls asyncio.run(): give it a thread with no running loop."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgtemplate-migrate") as pool:
+        try:
+            pool.submit(migrator.migrate, url).result()
+        except PgTemplateError:
+            raise
+        except Exception as exc:
+            raise MigrationError(
+                f"building the template with {migrator.describe()} failed: "
+                f"{type(exc).__name__}: {exc}. The half-built template was dropped."
+            ) from exc
+
+
+@contextmanager
+def _file_lock(request: BuildRequest) -> Iterator[None]:
+    path = request.lock_dir / f"{request.name}.lock"
+    try:
+        with FileLock(str(path), timeout=request.lock_timeout):
+            yield
+    except Timeout:
+        raise LockTimeoutError(_lock_message(request, f"file lock {path}")) from None
+
+
+@contextmanager
+def _advisory_lock(
+    loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest
+) -> Iterator[None]:
+    key = int.from_bytes(hashlib.sha256(request.name.encode()).digest()[:4], "big", signed=True)
+    if not loop.run(_poll_advisory_lock(admin, key, request.lock_timeout)):
+        raise LockTimeoutError(_lock_message(request, "PostgreSQL advisory lock"))
+    try:
+        yield
+    finally:
+        loop.run(admin.execute("SELECT pg_advisory_unlock($1, $2)", _ADVISORY_CLASS, key))
+
+
+async def _poll_advisory_lock(admin: asyncpg.Connection, key: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if await admin.fetchval("SELECT pg_try_advisory_lock($1, $2)", _ADVISORY_CLASS, key):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+
+
+def _lock_message(request: BuildRequest, which: str) -> str:
+    return (
+        f"could not take the {which} for template {request.name} within "
+        f"{request.lock_timeout:g} s: another run or worker is still building it. Wait for it, "
+        "end a stuck run, or raise pgtemplate_lock_timeout (--pgtemplate-lock-timeout)."
+    )

@@ -1,0 +1,48 @@
+"""One server URL, rendered for each consumer: asyncpg, SQLAlchemy drivers, libpq tools."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from ._errors import ConfigurationError
+
+_POSTGRES_BACKENDS = ("postgresql", "postgres")
+
+
+def parse_server_url(raw: str) -> URL:
+    """Parse a user-supplied URL and normalise it to the plain ``postgresql`` scheme."""
+    example = "postgresql://postgres@127.0.0.1:5432/postgres"
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError:
+        raise ConfigurationError(
+            f"pgtemplate_url {raw!r} is not a database URL; expected e.g. {example!r}"
+        ) from None
+    backend = url.drivername.split("+", 1)[0]
+    if backend not in _POSTGRES_BACKENDS:
+        raise ConfigurationError(
+            f"pgtemplate_url must point at PostgreSQL (got scheme {url.drivername!r}); "
+            f"expected e.g. {example!r}"
+        )
+    return url.set(drivername="postgresql", database=url.database or "postgres")
+
+
+def for_database(url: URL, database: str) -> URL:
+    """The same server and credentials, another database."""
+    return url.set(database=database)
+
+
+def libpq(url: URL) -> str:
+    """``postgresql://`` form for asyncpg's DSN parser and for libpq tools such as psql."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def with_driver(url: URL, driver: str) -> str:
+    """SQLAlchemy form with ``driver`` (``asyncpg``, ``psycopg``...), password included."""
+    return url.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)
+
+
+def redacted(url: URL) -> str:
+    """Printable form: the password is masked."""
+    return url.render_as_string(hide_password=True)

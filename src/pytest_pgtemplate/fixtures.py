@@ -1,0 +1,174 @@
+"""The public fixtures. Each is thin and overridable in a conftest; the work is in _provision."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from ._engines import BoundEngine, LoopRunner, pooled_engine, unbound_engine
+from ._errors import PgTemplateError, PgTemplateWarning
+from ._provision import Provisioner, WorkerDatabase
+from ._reset import LeakedBackend
+from ._server import ServerInfo
+from ._settings import RESET_STRATEGIES, choice_error
+from ._template import TemplateInfo
+
+_LOOP_SCOPES = ("function", "class", "module", "package", "session")
+_CURRENT_ENGINE = pytest.StashKey[BoundEngine]()
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A setup problem is one clear line, not a traceback from inside a driver."""
+    try:
+        yield
+    except PgTemplateError as exc:
+        pytest.fail(f"pytest-pgtemplate: {exc}", pytrace=False)
+
+
+def _provisioner(request: pytest.FixtureRequest) -> Provisioner:
+    from .plugin import PROVISIONER
+
+    return request.config.stash[PROVISIONER]
+
+
+@pytest.fixture(scope="session")
+def pg_server(request: pytest.FixtureRequest) -> ServerInfo:
+    """The PostgreSQL server in use: ``.url`` (admin), ``.version``, ``.started_by_plugin``."""
+    with _user_errors():
+        return _provisioner(request).connect_server()
+
+
+@pytest.fixture(scope="session")
+def pg_template(
+    request: pytest.FixtureRequest, pg_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory
+) -> TemplateInfo:
+    """The migrated template: ``.name``, ``.fingerprint``, ``.reused``."""
+    lock_dir: Path = tmp_path_factory.getbasetemp().parent
+    with _user_errors():
+        return _provisioner(request).template(pg_server, lock_dir)
+
+
+@pytest.fixture(scope="session")
+def pg_worker_database(
+    request: pytest.FixtureRequest, pg_server: ServerInfo, pg_template: TemplateInfo
+) -> Iterator[WorkerDatabase]:
+    """This worker's database, cloned from the template and dropped at the end of the run."""
+    provisioner = _provisioner(request)
+    with _user_errors():
+        database = provisioner.create_worker_database(pg_server, pg_template)
+    yield database
+    provisioner.drop_worker_database(pg_server, database)
+
+
+@pytest.fixture
+def pg_database(
+    request: pytest.FixtureRequest, pg_worker_database: WorkerDatabase
+) -> Iterator[WorkerDatabase]:
+    """The worker database in the template's state; reset after the test."""
+    provisioner = _provisioner(request)
+    strategy = _reset_strategy(request)
+    with _user_errors():
+        provisioner.ensure_clean(pg_worker_database)
+    yield pg_worker_database
+    with _user_errors():
+        leaked = provisioner.reset(pg_worker_database, strategy)
+    if leaked:
+        warnings.warn(_leak_warning(request.node.nodeid, pg_worker_database, leaked), stacklevel=1)
+
+
+@pytest.fixture(autouse=True)
+def _pgtemplate_marker(request: pytest.FixtureRequest) -> None:
+    """``@pytest.mark.pgtemplate`` means the test uses the database even without asking for it."""
+    if request.node.get_closest_marker("pgtemplate") is not None:
+        request.getfixturevalue("pg_database")
+
+
+@pytest.fixture
+def pg_engine(request: pytest.FixtureRequest, pg_database: WorkerDatabase) -> Iterator[AsyncEngine]:
+    """An AsyncEngine on the worker database, bound to the event loop this test runs in."""
+    bound = _bound_engine(request, pg_database)
+    yield bound.engine
+    if bound.runner is None:
+        bound.dispose()
+
+
+@pytest.fixture
+def pg_session(request: pytest.FixtureRequest, pg_engine: AsyncEngine) -> Iterator[AsyncSession]:
+    """An AsyncSession (``expire_on_commit=False``) on ``pg_engine``, closed after the test."""
+    bound = request.node.stash[_CURRENT_ENGINE]
+    session = AsyncSession(pg_engine, expire_on_commit=False)
+    yield session
+    if bound.run(session.close()) is None:
+        session.sync_session.expunge_all()
+
+
+def _bound_engine(request: pytest.FixtureRequest, database: WorkerDatabase) -> BoundEngine:
+    provisioner = _provisioner(request)
+    scope = _loop_scope(request)
+    bound: BoundEngine | None = None
+    if scope is not None:
+        try:
+            bound = request.getfixturevalue(f"_pgtemplate_engine_{scope}")
+        except pytest.FixtureLookupError:
+            bound = None
+    if bound is None:
+        bound = unbound_engine(database.url, provisioner.generation)
+    bound.refresh(provisioner.generation)
+    request.node.stash[_CURRENT_ENGINE] = bound
+    return bound
+
+
+def _loop_scope(request: pytest.FixtureRequest) -> str | None:
+    """The pytest-asyncio loop scope the test runs in; None for a test without one."""
+    marker = request.node.get_closest_marker("asyncio")
+    if marker is None:
+        return None
+    scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+    if scope is None:
+        try:
+            scope = request.config.getini("asyncio_default_test_loop_scope")
+        except ValueError:
+            scope = "function"
+    return str(scope) if scope in _LOOP_SCOPES else "function"
+
+
+def _make_engine_fixture(scope: str) -> object:
+    @pytest.fixture(scope=scope, name=f"_pgtemplate_engine_{scope}")  # type: ignore[call-overload,untyped-decorator]
+    def engine_for_loop(
+        request: pytest.FixtureRequest, pg_worker_database: WorkerDatabase
+    ) -> Iterator[BoundEngine]:
+        runner: LoopRunner = request.getfixturevalue(f"_{scope}_scoped_runner")
+        bound = pooled_engine(pg_worker_database.url, runner, _provisioner(request).generation)
+        yield bound
+        bound.dispose()
+
+    return engine_for_loop
+
+
+for _scope in _LOOP_SCOPES:
+    globals()[f"_pgtemplate_engine_{_scope}"] = _make_engine_fixture(_scope)
+
+
+def _reset_strategy(request: pytest.FixtureRequest) -> str:
+    marker = request.node.get_closest_marker("pgtemplate")
+    strategy = marker.kwargs.get("reset") if marker is not None else None
+    if strategy is None:
+        return _provisioner(request).settings.reset
+    if strategy not in RESET_STRATEGIES:
+        pytest.fail(f"@pytest.mark.pgtemplate: {choice_error('reset', strategy)}", pytrace=False)
+    return str(strategy)
+
+
+def _leak_warning(test: str, database: WorkerDatabase, leaked: list[LeakedBackend]) -> Warning:
+    details = "; ".join(f"pid {b.pid} {b.state}: {b.query!r}" for b in leaked)
+    return PgTemplateWarning(
+        f"{test} left {len(leaked)} connection(s) open inside a transaction on {database.name} "
+        f"({details}). pytest-pgtemplate ended them to reset the database; close sessions and "
+        "connections (async with AsyncSession(...)) before the test ends."
+    )

@@ -26,4 +26,6 @@ async def add_review(session: AsyncSession, product: Product, content: str, rati
 
 
 async def average_rating(session: AsyncSession, product: Product) -> Decimal | None:
-    return await session.scalar(select(func.avg(Review.rating)).where(Review.product_id == product.id))
+    return await session.scalar(
+        select(func.avg(Review.rating)).where(Review.product_id == product.id)
+    )

@@ -25,7 +25,9 @@ class Category(Base):
 class Product(Base):
     __tablename__ = "product"
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
     name: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
     category_id: Mapped[int | None] = mapped_column(ForeignKey("category.id"))
@@ -35,7 +37,9 @@ class Product(Base):
 class Review(Base):
     __tablename__ = "review"
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default=text("gen_random_uuid()"))
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, server_default=text("gen_random_uuid()")
+    )
     content: Mapped[str] = mapped_column(String(1000))
     rating: Mapped[Decimal] = mapped_column(Numeric(2, 1))
     product_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("product.id", ondelete="CASCADE"))

@@ -20,20 +20,36 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "product",
-        sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True,
-                  server_default=sa.text("gen_random_uuid()")),
+        sa.Column(
+            "id",
+            postgresql.UUID(as_uuid=True),
+            primary_key=True,
+            server_default=sa.text("gen_random_uuid()"),
+        ),
         sa.Column("name", sa.String(100), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.text("now()")),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
     )
     op.create_table(
         "review",
-        sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True,
-                  server_default=sa.text("gen_random_uuid()")),
+        sa.Column(
+            "id",
+            postgresql.UUID(as_uuid=True),
+            primary_key=True,
+            server_default=sa.text("gen_random_uuid()"),
+        ),
         sa.Column("content", sa.String(1000), nullable=False),
         sa.Column("rating", sa.Numeric(2, 1), nullable=False),
-        sa.Column("product_id", postgresql.UUID(as_uuid=True),
-                  sa.ForeignKey("product.id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "product_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("product.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.CheckConstraint("rating >= 0 AND rating <= 5", name="review_rating_range"),
     )
     op.create_index("review_product_id", "review", ["product_id"])

@@ -38,10 +38,18 @@ def upgrade() -> None:
     )
     op.create_table(
         "order_line",
-        sa.Column("order_id", sa.BigInteger,
-                  sa.ForeignKey("purchase_order.id", ondelete="CASCADE"), primary_key=True),
-        sa.Column("product_id", postgresql.UUID(as_uuid=True), sa.ForeignKey("product.id"),
-                  primary_key=True),
+        sa.Column(
+            "order_id",
+            sa.BigInteger,
+            sa.ForeignKey("purchase_order.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column(
+            "product_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("product.id"),
+            primary_key=True,
+        ),
         sa.Column("quantity", sa.Integer, nullable=False),
     )
 

@@ -130,7 +130,7 @@ class CallableMigrator:
                     asyncio.run(_await(result))
             except BaseException as exc:
                 raise MigrationError(
-                    f"{self.spec} raised {type(exc).__name__}: {exc}. The half-built template was "
+                    f"{self.spec} raised {describe_error(exc)}. The half-built template was "
                     "dropped; fix the function and run again."
                 ) from exc
 
@@ -201,9 +201,20 @@ def _migration_failure(exc: BaseException, logged_revision: str | None) -> str:
     if path:
         where += f" ({path})"
     return (
-        f"{where} failed: {type(exc).__name__}: {exc}. The half-built template was dropped; "
+        f"{where} failed: {describe_error(exc)}. The half-built template was dropped; "
         "fix the migration and run again."
     )
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: the driver's own error and the statement, without SQLAlchemy's wrapping."""
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, DBAPIError):
+        cause = exc.orig.__cause__ or exc.orig if exc.orig is not None else exc
+        statement = " ".join((exc.statement or "").split())
+        return f"{type(cause).__name__}: {cause} (while running: {statement[:200]})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _failing_revision(exc: BaseException) -> tuple[str | None, str | None]:

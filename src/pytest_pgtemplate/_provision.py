@@ -16,15 +16,13 @@ from sqlalchemy.engine import URL, make_url
 from . import _databases
 from ._aio import BackgroundLoop
 from ._errors import ConfigurationError, ResetError
-from ._fingerprint import hash_parts
 from ._migrate import AlembicMigrator, CallableMigrator, Migrator
 from ._naming import Marker, template_name, worker_database_name
 from ._reset import LeakedBackend, Resetter, open_resetter
 from ._server import ServerInfo, connect, describe
 from ._settings import Settings
-from ._template import BuildRequest, TemplateInfo, ensure_template
+from ._template import BuildRequest, TemplateInfo, ensure_template, template_fingerprint
 from ._urls import for_database, libpq, parse_server_url, with_driver
-from ._version import __version__
 
 NO_URL_MESSAGE = (
     "pytest-pgtemplate needs a PostgreSQL server: set pgtemplate_url in your pytest config, "
@@ -66,6 +64,7 @@ class Report:
     built: bool = False
     build_seconds: float = 0.0
     clone_seconds: float = 0.0
+    clones: int = 0
     resets: int = 0
 
     def as_dict(self) -> dict[str, object]:
@@ -110,13 +109,7 @@ class Provisioner:
     def template(self, server: ServerInfo, lock_dir: Path) -> TemplateInfo:
         """``lock_dir`` must be shared by every worker of the run (it holds the file lock)."""
         migrator = self.migrator()
-        fingerprint = hash_parts(
-            [
-                ("plugin", __version__.split(".")[0].encode()),
-                ("server", str(server.major).encode()),
-                *migrator.fingerprint_parts(),
-            ]
-        )
+        fingerprint = template_fingerprint(migrator, server.major)
         url = make_url(server.url)
         request = BuildRequest(
             name=template_name(fingerprint),
@@ -125,6 +118,7 @@ class Provisioner:
             migrator=migrator,
             lock_dir=lock_dir,
             lock_timeout=self.settings.lock_timeout,
+            run_id=self.identity.run_id,
         )
         info = ensure_template(self.loop, self._admin(url), request)
         self.report.template, self.report.built = info.name, not info.reused
@@ -150,6 +144,7 @@ class Provisioner:
             )
         )
         self.report.clone_seconds += time.perf_counter() - started
+        self.report.clones += 1
         self._origins[database.name] = (server, template)
         self._dirty.discard(database.name)
         return database

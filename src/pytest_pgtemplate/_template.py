@@ -24,9 +24,11 @@ from sqlalchemy.engine import URL
 from . import _databases
 from ._aio import BackgroundLoop
 from ._errors import LockTimeoutError, MigrationError, PgTemplateError
+from ._fingerprint import hash_parts
 from ._migrate import Migrator
 from ._naming import Marker
 from ._urls import for_database
+from ._version import __version__
 
 _ADVISORY_CLASS = 0x70677470  # "pgtp": keeps our advisory locks apart from the application's
 
@@ -50,6 +52,30 @@ class BuildRequest:
     migrator: Migrator
     lock_dir: Path
     lock_timeout: float
+    run_id: str
+
+    @property
+    def failure_note(self) -> Path:
+        """Where a failed build is recorded, so the run's other workers do not retry it."""
+        return self.lock_dir / f"{self.name}.{self.run_id}.failed"
+
+
+def template_fingerprint(migrator: Migrator, server_major: int) -> str:
+    """What decides the template's content: the migrations, the plugin's and server's majors."""
+    return hash_parts(
+        [
+            ("plugin", __version__.split(".")[0].encode()),
+            ("server", str(server_major).encode()),
+            *migrator.fingerprint_parts(),
+        ]
+    )
+
+
+def build_lock_key(name: str) -> tuple[int, int]:
+    """The advisory lock (two int4 keys) that serialises builds of ``name`` across machines."""
+    return _ADVISORY_CLASS, int.from_bytes(
+        hashlib.sha256(name.encode()).digest()[:4], "big", signed=True
+    )
 
 
 def ensure_template(
@@ -59,6 +85,8 @@ def ensure_template(
     if loop.run(_databases.state(admin, request.name)) == "finished":
         return TemplateInfo(request.name, request.fingerprint, reused=True)
     with _file_lock(request), _advisory_lock(loop, admin, request):
+        if request.failure_note.exists():
+            raise MigrationError(request.failure_note.read_text())
         state = loop.run(_databases.state(admin, request.name))
         if state == "finished":
             return TemplateInfo(request.name, request.fingerprint, reused=True)
@@ -74,8 +102,10 @@ def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildReques
     try:
         _run_without_event_loop(request.migrator, for_database(request.server_url, request.name))
         loop.run(_databases.mark_finished(admin, request.name))
-    except BaseException:
+    except BaseException as exc:
         loop.run(_databases.drop(admin, request.name))
+        if isinstance(exc, MigrationError):
+            request.failure_note.write_text(str(exc))
         raise
     return TemplateInfo(
         request.name,
@@ -113,19 +143,21 @@ def _file_lock(request: BuildRequest) -> Iterator[None]:
 def _advisory_lock(
     loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest
 ) -> Iterator[None]:
-    key = int.from_bytes(hashlib.sha256(request.name.encode()).digest()[:4], "big", signed=True)
+    key = build_lock_key(request.name)
     if not loop.run(_poll_advisory_lock(admin, key, request.lock_timeout)):
         raise LockTimeoutError(_lock_message(request, "PostgreSQL advisory lock"))
     try:
         yield
     finally:
-        loop.run(admin.execute("SELECT pg_advisory_unlock($1, $2)", _ADVISORY_CLASS, key))
+        loop.run(admin.execute("SELECT pg_advisory_unlock($1, $2)", *key))
 
 
-async def _poll_advisory_lock(admin: asyncpg.Connection, key: int, timeout: float) -> bool:
+async def _poll_advisory_lock(
+    admin: asyncpg.Connection, key: tuple[int, int], timeout: float
+) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        if await admin.fetchval("SELECT pg_try_advisory_lock($1, $2)", _ADVISORY_CLASS, key):
+        if await admin.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
             return True
         if time.monotonic() >= deadline:
             return False

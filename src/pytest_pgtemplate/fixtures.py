@@ -28,7 +28,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except PgTemplateError as exc:
-        pytest.fail(f"pytest-pgtemplate: {exc}", pytrace=False)
+        raise pytest.fail.Exception(f"pytest-pgtemplate: {exc}", pytrace=False) from None
 
 
 def _provisioner(request: pytest.FixtureRequest) -> Provisioner:

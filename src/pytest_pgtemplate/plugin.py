@@ -12,6 +12,7 @@ from ._errors import ConfigurationError
 from ._naming import new_run_id
 from ._provision import Provisioner, RunIdentity
 from ._settings import OPTIONS, Option, resolve
+from ._urls import parse_server_url
 
 PROVISIONER = pytest.StashKey[Provisioner]()
 _WORKER_REPORTS = pytest.StashKey[list[dict[str, Any]]]()
@@ -44,6 +45,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:
         settings = resolve(lookup, os.environ, config.rootpath)
+        if settings.url.value:
+            parse_server_url(settings.url.value)
     except ConfigurationError as exc:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
@@ -69,10 +72,7 @@ def _export_env(provisioner: Provisioner) -> None:
     """Before test modules are imported, so settings read at import time see the worker's URL."""
     names = provisioner.settings.export_env
     if names and provisioner.settings.url.value:
-        try:
-            url = provisioner.worker_urls(provisioner.server_url()).url
-        except ConfigurationError as exc:
-            raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
+        url = provisioner.worker_urls(provisioner.server_url()).url
         os.environ.update(dict.fromkeys(names, url))
 
 
@@ -138,10 +138,11 @@ def _summary(reports: list[dict[str, Any]]) -> str:
         how = f"built by {built}"
     else:
         how = "reused (no migration ran)"
-    clone_ms = 1000 * sum(r["clone_seconds"] for r in reports) / len(reports)
+    clones = sum(r["clones"] for r in reports)
+    clone_ms = 1000 * sum(r["clone_seconds"] for r in reports) / max(clones, 1)
     resets = sum(r["resets"] for r in reports)
     return (
         f"pgtemplate: {reports[0]['server']}; template {template} {how}; "
-        f"{len(reports)} worker database(s) cloned (avg {clone_ms:.0f} ms) and dropped; "
+        f"{clones} worker database(s) cloned (avg {clone_ms:.0f} ms) and dropped; "
         f"{resets} reset(s)"
     )

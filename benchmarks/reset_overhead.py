@@ -1,0 +1,208 @@
+"""Per-test reset overhead: no reset (the floor) vs snapshot ``restore`` vs TRUNCATE of every table.
+
+A "test" inserts 5 rows into 3 tables through the worker connection and commits; the reset
+runs right after on the same connection. Templates have 10, 50, 200 tables: every fifth has 3
+seed rows, every third references a seeded table. Two restore columns: the 3 tables are empty in
+the template, or one of them has seed rows (which are then copied back).
+
+    python benchmarks/reset_overhead.py [--tables 10 50 200] [--rounds N] [--url URL]
+
+Every database is named ``pgtemplate_snaptest_<hex>`` and dropped at the end, even on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from pytest_pgtemplate._databases import drop
+from pytest_pgtemplate._snapshot import RestoreStats, capture, restore
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+Reset = Callable[[asyncpg.Connection], Awaitable[object]]
+
+
+@dataclass
+class Timing:
+    totals: list[float]  # test + reset, ms
+    resets: list[float]  # reset alone, ms
+
+    def cell(self) -> str:
+        return (
+            f"{statistics.median(self.totals):.2f} ({min(self.totals):.2f}-{max(self.totals):.2f})"
+        )
+
+    @property
+    def total(self) -> float:
+        return statistics.median(self.totals)
+
+    @property
+    def reset(self) -> float:
+        return statistics.median(self.resets)
+
+
+def schema(tables: int) -> str:
+    statements = []
+    for i in range(tables):
+        parent = (i // 5) * 5
+        fk = f" REFERENCES t{parent:03d}" if i % 3 == 1 and parent != i else ""
+        statements.append(
+            f"CREATE TABLE t{i:03d} (id serial PRIMARY KEY, parent_id int{fk}, "
+            "payload text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now())"
+        )
+        if i % 5 == 0:
+            statements.append(f"INSERT INTO t{i:03d} (payload) VALUES ('a'), ('b'), ('c')")
+    return ";\n".join(statements)
+
+
+def test_body(touched: list[str]) -> str:
+    inserts = [f"INSERT INTO {t} (payload) SELECT 'x' FROM generate_series(1, 5)" for t in touched]
+    return ";\n".join(["BEGIN", *inserts, "COMMIT"])
+
+
+async def truncate_all_statement(conn: asyncpg.Connection) -> str:
+    """What the plugin's ``truncate-all`` strategy runs (its table list is cached, so here too)."""
+    names = await conn.fetch(
+        "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1"
+    )
+    return f"TRUNCATE {', '.join(row[0] for row in names)} CASCADE"
+
+
+@dataclass
+class Worker:
+    """One clone of the template, one connection, one way to reset after each test."""
+
+    conn: asyncpg.Connection
+    body: str
+    reset: Reset | None
+    timing: Timing
+
+    async def round(self, record: bool) -> None:
+        started = time.perf_counter()
+        await self.conn.execute(self.body)
+        tested = time.perf_counter()
+        if self.reset is not None:
+            await self.reset(self.conn)
+        done = time.perf_counter()
+        if record:
+            self.timing.totals.append((done - started) * 1000)
+            self.timing.resets.append((done - tested) * 1000)
+
+
+@dataclass
+class Server:
+    url: str
+    admin: asyncpg.Connection
+    created: list[str]
+
+    async def create(self, template: str | None = None) -> str:
+        name = f"pgtemplate_snaptest_{secrets.token_hex(6)}"
+        self.created.append(name)
+        source = f' TEMPLATE "{template}"' if template else ""
+        await self.admin.execute(f'CREATE DATABASE "{name}"{source}')
+        return name
+
+    async def drop_all(self) -> None:
+        for name in reversed(self.created):
+            await drop(self.admin, name)
+        self.created.clear()
+
+
+async def worker(server: Server, template: str, strategy: str, touched: list[str]) -> Worker:
+    """A clone per strategy, so that TRUNCATE-all cannot spoil the others' seed rows."""
+    conn = await asyncpg.connect(server.url, database=await server.create(template))
+    if strategy == "floor":
+        return Worker(conn, test_body(touched), None, Timing([], []))
+    if strategy == "truncate-all":
+        statement = await truncate_all_statement(conn)
+
+        async def reset(c: asyncpg.Connection) -> object:
+            return await c.execute(statement)
+    else:
+        snapshot = await capture(conn)
+
+        async def reset(c: asyncpg.Connection) -> object:
+            return await restore(c, snapshot)
+
+    return Worker(conn, test_body(touched), reset, Timing([], []))
+
+
+async def run_rounds(workers: list[Worker], rounds: int) -> None:
+    """Round-robin, so that the shared disk's slow moments hit every strategy alike."""
+    for round_ in range(rounds + 3):  # 3 warm-up rounds
+        for each in workers:
+            await each.round(record=round_ >= 3)
+
+
+async def build_template(server: Server, tables: int) -> str:
+    template = await server.create()
+    build = await asyncpg.connect(server.url, database=template)
+    try:
+        await build.execute(schema(tables))
+    finally:
+        await build.close()
+    await server.admin.execute(f'ALTER DATABASE "{template}" WITH IS_TEMPLATE true')
+    return template
+
+
+async def one_size(server: Server, tables: int, rounds: int) -> str:
+    template = await build_template(server, tables)
+    empty, seeded = ["t001", "t002", "t003"], ["t001", "t002", "t005"]
+    runs = [("floor", empty), ("restore", empty), ("restore", seeded), ("truncate-all", empty)]
+    workers = [await worker(server, template, strategy, touched) for strategy, touched in runs]
+    try:
+        await run_rounds(workers[:3], rounds)
+        await run_rounds(workers[3:], rounds)  # apart: its file churn would slow the others
+        for each in workers[1:3]:  # nothing left to undo: restore was exact
+            if each.reset is None or await each.reset(each.conn) != RestoreStats():
+                raise RuntimeError("restore left the worker database unlike the template")
+    finally:
+        for each in workers:
+            await each.conn.close()
+    await server.drop_all()
+    floor, plain, with_seed, truncate = (each.timing for each in workers)
+    return (
+        f"| {tables} | {floor.cell()} | {plain.cell()} | {with_seed.cell()} | {truncate.cell()} "
+        f"| {plain.total - floor.total:.2f} | {with_seed.total - floor.total:.2f} "
+        f"| {truncate.reset / plain.reset:.0f}x |"
+    )
+
+
+async def main(url: str, sizes: list[int], rounds: int) -> None:
+    server = Server(url, await asyncpg.connect(url), [])
+    try:
+        settings = await server.admin.fetch(
+            "SELECT name, setting FROM pg_settings WHERE name IN "
+            "('fsync', 'synchronous_commit', 'full_page_writes', 'server_version') ORDER BY 1"
+        )
+        print(", ".join(f"{row['name']}={row['setting']}" for row in settings))
+        print(
+            f"{rounds} rounds; ms per test (median (min-max)) = the test's own work + the reset\n"
+        )
+        print(
+            "| tables | no reset (floor) | restore | restore, 1 seeded table touched "
+            "| truncate-all | restore - floor | restore seeded - floor "
+            "| truncate-all / restore (reset only) |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for tables in sizes:
+            print(await one_size(server, tables, rounds), flush=True)
+    finally:
+        await server.drop_all()
+        await server.admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Per-test reset overhead, printed as markdown.")
+    parser.add_argument("--tables", type=int, nargs="+", default=[10, 50, 200])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--url", default=DEFAULT_URL, help="admin URL of the server")
+    args = parser.parse_args()
+    asyncio.run(main(args.url, args.tables, args.rounds))

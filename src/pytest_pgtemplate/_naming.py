@@ -10,13 +10,18 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 PREFIX = "pgtemplate_"
 MAX_IDENTIFIER_BYTES = 63
 _UNSAFE = re.compile(r"[^a-z0-9_]+")
 
-Kind = Literal["template", "worker"]
+Kind = Literal["template", "worker", "kept"]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:
@@ -37,6 +42,16 @@ def worker_database_name(run_id: str, worker_id: str) -> str:
     return name
 
 
+def spare_name(worker_database: str) -> str:
+    """The pre-cloned database that ``recreate`` swaps in."""
+    return f"{worker_database}_spare"
+
+
+def kept_name(worker_database: str, number: int) -> str:
+    """A copy of a failed test's database, kept for inspection (``--pgtemplate-keep-failed``)."""
+    return f"{worker_database}_failed{number}"
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -53,6 +68,11 @@ class Marker:
     fingerprint: str = ""
     run_id: str = ""
     template: str = ""
+    owner: str = ""
+    """The worker database whose liveness lock keeps this database alive (workers, spares)."""
+    project: str = ""
+    created: str = ""
+    """ISO 8601, UTC."""
 
     def to_comment(self) -> str:
         fields = {k: v for k, v in vars(self).items() if v}

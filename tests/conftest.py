@@ -43,12 +43,22 @@ def downgrade() -> None:
 
 
 def plugin_databases(conn: psycopg.Connection) -> set[str]:
-    rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'pgtemplate\\_%'")
+    """Databases the plugin made (they carry its marker), whoever's test made them."""
+    rows = conn.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'pgtemplate\\_%'"
+        " AND shobj_description(oid, 'pg_database') LIKE '{\"pgtemplate\": %'"
+    )
     return {row[0] for row in rows}
 
 
 def drop_database(conn: psycopg.Connection, name: str) -> None:
-    conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+    """Tolerates a database that went away meanwhile (its own run dropped it)."""
+    try:
+        conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+    except psycopg.errors.InvalidCatalogName:
+        return
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        pass  # an interrupted DROP left it invalid: dropping it again finishes the job
     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -86,7 +96,6 @@ class InnerProject:
         self.pytester.makepyfile(**{name: textwrap.dedent(source)})
 
     def run(self, *args: str) -> pytest.RunResult:
-        os.environ["MIGRATION_LOG"] = str(self.migration_log)
         return self.pytester.runpytest_subprocess(
             "-p",
             "no:cacheprovider",
@@ -100,7 +109,12 @@ class InnerProject:
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester, admin: psycopg.Connection) -> Iterator[InnerProject]:
+def project(
+    pytester: pytest.Pytester, admin: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[InnerProject]:
+    for name in [name for name in os.environ if name.startswith("PGTEMPLATE_")]:
+        monkeypatch.delenv(name)  # the inner project's own ini must decide
+    monkeypatch.setenv("MIGRATION_LOG", str(pytester.path / "migration.log"))
     shutil.copy(REPO / "alembic.ini", pytester.path / "alembic.ini")
     shutil.copytree(
         REPO / "migrations",
@@ -116,9 +130,6 @@ def project(pytester: pytest.Pytester, admin: psycopg.Connection) -> Iterator[In
         asyncio_default_fixture_loop_scope="function",
     )
     before = plugin_databases(admin)
-    saved_log = os.environ.get("MIGRATION_LOG")
     yield inner
     for name in plugin_databases(admin) - before:
         drop_database(admin, name)
-    if saved_log is None:
-        os.environ.pop("MIGRATION_LOG", None)

@@ -12,7 +12,7 @@ from pytest_pgtemplate._settings import Option, resolve
 
 
 def _lookup(cli: dict[str, str], ini: dict[str, str]):  # type: ignore[no-untyped-def]
-    def lookup(option: Option) -> tuple[str | None, str | None]:
+    def lookup(option: Option) -> tuple[str | bool | None, str | None]:
         return cli.get(option.name), ini.get(option.name)
 
     return lookup

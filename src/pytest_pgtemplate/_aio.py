@@ -8,6 +8,7 @@ scope or runner the user's tests choose.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -26,6 +27,10 @@ class BackgroundLoop:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the background loop and return its result (or raise its error)."""
         return asyncio.run_coroutine_threadsafe(coro, self._ensure_started()).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` in the background; the caller collects the result later."""
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_started())
 
     def close(self) -> None:
         """Stop the loop and join its thread; idempotent."""

@@ -53,7 +53,7 @@ class BoundEngine:
             self.engine.sync_engine.dispose(close=False)
 
 
-def pooled_engine(url: str, runner: LoopRunner, generation: int) -> BoundEngine:
+def pooled_engine(url: str, runner: LoopRunner | None, generation: int) -> BoundEngine:
     return BoundEngine(create_async_engine(url, pool_size=2, max_overflow=8), runner, generation)
 
 

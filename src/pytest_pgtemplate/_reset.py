@@ -8,6 +8,7 @@ import asyncpg
 
 from ._errors import ResetError
 from ._naming import Marker
+from ._snapshot import Snapshot, capture, restore
 
 _LOCK_TIMEOUT = "10s"
 
@@ -37,8 +38,13 @@ class LeakedBackend:
     query: str
 
 
-async def open_resetter(dsn: str, database: str, timeout: float) -> Resetter:
-    """Connect to a worker database, refusing any database the plugin did not create."""
+async def open_resetter(
+    dsn: str, database: str, timeout: float, snapshot: Snapshot | None
+) -> Resetter:
+    """Connect to a worker database, refusing any database the plugin did not create.
+
+    Without a ``snapshot`` the database must be a pristine clone: its state is captured now.
+    """
     conn = await asyncpg.connect(dsn, timeout=timeout)
     comment = await conn.fetchval(
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
@@ -56,7 +62,7 @@ async def open_resetter(dsn: str, database: str, timeout: float) -> Resetter:
             "marker, so the plugin did not create it"
         )
     await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
-    return Resetter(conn, database)
+    return Resetter(conn, database, snapshot or await capture(conn))
 
 
 @dataclass
@@ -65,12 +71,15 @@ class Resetter:
 
     conn: asyncpg.Connection
     database: str
+    snapshot: Snapshot
     _tables: list[str] | None = field(default=None, init=False)
 
     async def reset(self, strategy: str) -> list[LeakedBackend]:
         """Reset with ``strategy``; returns the stray backends it had to end first."""
         leaked = await self.end_leaked_backends()
-        if strategy == "truncate-all":
+        if strategy in ("truncate", "rollback"):  # after a rollback: catches other connections
+            await restore(self.conn, self.snapshot)
+        elif strategy == "truncate-all":
             await self._truncate_all()
         else:
             raise ResetError(f"unknown reset strategy {strategy!r}")

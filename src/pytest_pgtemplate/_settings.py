@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ._errors import ConfigurationError
 
-RESET_STRATEGIES = ("truncate-all",)
-DEFAULT_RESET = "truncate-all"
+RESET_STRATEGIES = ("truncate", "truncate-all", "rollback", "recreate")
+DEFAULT_RESET = "truncate"
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,31 @@ OPTIONS = (
         default="300",
     ),
     Option("connect_timeout", "seconds to wait for the server to answer.", default="10"),
+    Option(
+        "keep_failed",
+        "keep a copy of a failing test's database and print its URL.",
+        default="false",
+        choices=("true", "false"),
+        flag=True,
+    ),
+    Option("bin_dir", "directory with initdb, pg_ctl and postgres for the plugin's own server."),
+    Option(
+        "cache_dir",
+        "where the plugin's own server keeps its data between runs (default: /dev/shm when it "
+        "is a tmpfs, else ~/.cache/pytest-pgtemplate).",
+    ),
+    Option(
+        "fresh_server",
+        "ignore the cached data directory of the plugin's own server (initdb again).",
+        default="false",
+        choices=("true", "false"),
+        flag=True,
+    ),
+    Option(
+        "keep_templates",
+        "templates of this project to keep; older unused ones are dropped.",
+        default="3",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -96,11 +121,16 @@ class Settings:
     export_env: tuple[str, ...]
     lock_timeout: float
     connect_timeout: float
+    keep_failed: bool
+    bin_dir: str | None
+    cache_dir: Path | None
+    fresh_server: bool
+    keep_templates: int
     sources: Mapping[str, Resolved]
 
 
-RawLookup = Callable[[Option], tuple[str | None, str | None]]
-"""Returns (cli value, ini value) for an option; None where unset."""
+RawLookup = Callable[[Option], tuple[str | bool | None, str | None]]
+"""Returns (cli value, ini value) for an option; None where unset (True for a given flag)."""
 
 
 def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Settings:
@@ -118,6 +148,11 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
         export_env=_env_names(value["export_env"]),
         lock_timeout=_seconds(OPTIONS_BY_NAME["lock_timeout"], value["lock_timeout"]),
         connect_timeout=_seconds(OPTIONS_BY_NAME["connect_timeout"], value["connect_timeout"]),
+        keep_failed=value["keep_failed"] == "true",
+        bin_dir=value["bin_dir"] or None,
+        cache_dir=Path(os.path.expanduser(value["cache_dir"])) if value["cache_dir"] else None,
+        fresh_server=value["fresh_server"] == "true",
+        keep_templates=_count(OPTIONS_BY_NAME["keep_templates"], value["keep_templates"]),
         sources=sources,
     )
 
@@ -128,13 +163,28 @@ def choice_error(option_name: str, got: str) -> str:
 
 def _resolve_one(option: Option, lookup: RawLookup, environ: Mapping[str, str]) -> Resolved:
     cli, ini = lookup(option)
-    if cli not in (None, ""):
-        return Resolved(str(cli), "cli")
+    if cli not in (None, "", False):
+        return Resolved("true" if cli is True else str(cli), "cli")
     if option.env_var and environ.get(option.env_var):
-        return Resolved(environ[option.env_var], f"env {option.env_var}")
+        return Resolved(_normal(option, environ[option.env_var]), f"env {option.env_var}")
     if ini not in (None, ""):
-        return Resolved(str(ini), "ini")
+        return Resolved(_normal(option, str(ini)), "ini")
     return Resolved(option.default, "default")
+
+
+def _normal(option: Option, raw: str) -> str:
+    """Flags accept the usual spellings of a boolean."""
+    if not option.flag:
+        return raw
+    lowered = raw.strip().lower()
+    return {
+        "1": "true",
+        "yes": "true",
+        "on": "true",
+        "0": "false",
+        "no": "false",
+        "off": "false",
+    }.get(lowered, lowered)
 
 
 def _choice_error(option: Option, got: str) -> str:
@@ -162,6 +212,12 @@ def _env_names(raw: str) -> tuple[str, ...]:
                 f"pgtemplate_export_env entries must be environment variable names (got {name!r})"
             )
     return names
+
+
+def _count(option: Option, raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigurationError(f"{option.ini} must be a whole number of at least 1 (got {raw!r})")
+    return int(raw)
 
 
 def _seconds(option: Option, raw: str) -> float:

@@ -26,7 +26,7 @@ from ._aio import BackgroundLoop
 from ._errors import LockTimeoutError, MigrationError, PgTemplateError
 from ._fingerprint import hash_parts
 from ._migrate import Migrator
-from ._naming import Marker
+from ._naming import Marker, now_iso
 from ._urls import for_database
 from ._version import __version__
 
@@ -53,6 +53,7 @@ class BuildRequest:
     lock_dir: Path
     lock_timeout: float
     run_id: str
+    project: str
 
     @property
     def failure_note(self) -> Path:
@@ -97,7 +98,9 @@ def ensure_template(
 
 def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest) -> TemplateInfo:
     started = time.perf_counter()
-    marker = Marker("template", fingerprint=request.fingerprint)
+    marker = Marker(
+        "template", fingerprint=request.fingerprint, project=request.project, created=now_iso()
+    )
     loop.run(_databases.create_empty(admin, request.name, marker))
     try:
         _run_without_event_loop(request.migrator, for_database(request.server_url, request.name))

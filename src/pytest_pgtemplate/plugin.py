@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from . import fixtures
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, PgTemplateError, PgTemplateWarning
+from ._local_server import describe as describe_local
+from ._local_server import start_now, stop_owned
 from ._naming import new_run_id
 from ._provision import Provisioner, RunIdentity
 from ._settings import OPTIONS, Option, resolve
@@ -16,6 +21,7 @@ from ._urls import parse_server_url
 
 PROVISIONER = pytest.StashKey[Provisioner]()
 _WORKER_REPORTS = pytest.StashKey[list[dict[str, Any]]]()
+_CRASHED = pytest.StashKey[bool]()
 _MARKER_HELP = (
     "pgtemplate(reset=STRATEGY): the test uses its worker's database (as if it asked for "
     "pg_database) and resets it with STRATEGY afterwards"
@@ -28,19 +34,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         env = f" Env: {option.env_var}." if option.env_var else ""
         default = f" Default: {option.default}." if option.default else ""
         parser.addini(option.ini, help=option.help + default, default=None)
-        group.addoption(
-            option.cli,
-            dest=option.dest,
-            default=None,
-            metavar=option.name.upper(),
-            help=f"{option.help}{default}{env} Overrides ini {option.ini}.",
-        )
+        text = f"{option.help}{default}{env} Overrides ini {option.ini}."
+        if option.flag:
+            group.addoption(
+                option.cli, dest=option.dest, action="store_true", default=None, help=text
+            )
+        else:
+            group.addoption(
+                option.cli, dest=option.dest, default=None, metavar=option.name.upper(), help=text
+            )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_HELP)
 
-    def lookup(option: Option) -> tuple[str | None, str | None]:
+    def lookup(option: Option) -> tuple[str | bool | None, str | None]:
         return config.getoption(option.dest), config.getini(option.ini)
 
     try:
@@ -49,19 +57,33 @@ def pytest_configure(config: pytest.Config) -> None:
             parse_server_url(settings.url.value)
     except ConfigurationError as exc:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
-    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    workerinput: dict[str, Any] = getattr(config, "workerinput", None) or {}
     identity = RunIdentity(
-        run_id=(workerinput or {}).get("pgtemplate_run_id") or new_run_id(),
-        worker_id=(workerinput or {}).get("workerid", "main"),
+        run_id=workerinput.get("pgtemplate_run_id") or new_run_id(),
+        worker_id=workerinput.get("workerid", "main"),
+        owner_pid=workerinput.get("pgtemplate_owner_pid") or os.getpid(),
+        server_url=workerinput.get("pgtemplate_server_url"),
     )
     provisioner = Provisioner(settings, identity, config.rootpath)
     config.stash[PROVISIONER] = provisioner
     config.stash[_WORKER_REPORTS] = []
     config.pluginmanager.register(fixtures, "pgtemplate-fixtures")
+    if not workerinput and settings.export_env and not settings.url.value:
+        _start_local_server_now(provisioner)
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(identity.run_id), "pgtemplate-xdist")
+        config.pluginmanager.register(XdistHooks(provisioner.identity), "pgtemplate-xdist")
     if not _is_xdist_controller(config):
         _export_env(provisioner)
+
+
+def _start_local_server_now(provisioner: Provisioner) -> None:
+    """Exported URLs must exist before test modules import: no lazy start for them."""
+    try:
+        server = start_now(provisioner.local_server())
+    except PgTemplateError as exc:
+        raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
+    provisioner.identity = replace(provisioner.identity, server_url=server.url)
+    provisioner.report.server = describe_local(server, started_here=True)
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -71,7 +93,7 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 def _export_env(provisioner: Provisioner) -> None:
     """Before test modules are imported, so settings read at import time see the worker's URL."""
     names = provisioner.settings.export_env
-    if names and provisioner.settings.url.value:
+    if names and provisioner.has_server_url():
         url = provisioner.worker_urls(provisioner.server_url()).url
         os.environ.update(dict.fromkeys(names, url))
 
@@ -79,32 +101,59 @@ def _export_env(provisioner: Provisioner) -> None:
 class XdistHooks:
     """Registered only when pytest-xdist is installed: hands the run id to every worker."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, identity: RunIdentity) -> None:
+        self.identity = identity
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["pgtemplate_run_id"] = self.run_id
+        node.workerinput["pgtemplate_run_id"] = self.identity.run_id
+        node.workerinput["pgtemplate_owner_pid"] = self.identity.owner_pid
+        node.workerinput["pgtemplate_server_url"] = self.identity.server_url
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         report = getattr(node, "workeroutput", {}).get("pgtemplate")
         if report:
             node.config.stash[_WORKER_REPORTS].append(report)
+        if error is not None:
+            node.config.stash[_CRASHED] = True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """``--pgtemplate-keep-failed``: copy the failed test's database before the reset empties it."""
+    report = yield
+    provisioner = item.config.stash[PROVISIONER]
+    database = item.stash.get(fixtures.USED_DATABASE, None)
+    if report.failed and call.when == "call" and database and provisioner.settings.keep_failed:
+        url = provisioner.keep_copy(database)
+        report.sections.append(("pgtemplate", f"database kept for inspection: psql {url}"))
+    return report
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    settings = config.stash[PROVISIONER].settings
+    provisioner = config.stash[PROVISIONER]
+    settings = provisioner.settings
     sources = settings.sources
-    server = settings.url.value or "not set"
     if settings.url.value:
-        server = config.stash[PROVISIONER].server_url().render_as_string()
+        server = f"{provisioner.server_url().render_as_string()} ({sources['url'].source})"
+    elif provisioner.identity.server_url:
+        server = provisioner.report.server
+    else:
+        server = "embedded, started on first use (no pgtemplate_url)"
     schema = settings.migrate or str(settings.alembic_ini)
     return (
-        f"pgtemplate: server {server} ({sources['url'].source}), "
+        f"pgtemplate: server {server}, "
         f"schema from {schema}, reset {settings.reset} ({sources['reset'].source})"
     )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.stash.get(_CRASHED, False):
+        try:
+            session.config.stash[PROVISIONER].sweep_after_crash()
+        except PgTemplateError as exc:
+            warnings.warn(PgTemplateWarning(f"could not sweep after a crash: {exc}"), stacklevel=1)
     workeroutput = getattr(session.config, "workeroutput", None)
     report = session.config.stash[PROVISIONER].report
     if workeroutput is not None and report.template:
@@ -117,22 +166,27 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if own.template:
         reports.append({**own.as_dict(), "worker": _worker_id(config)})
     if reports:
-        terminalreporter.write_line(_summary(reports))
+        terminalreporter.write_line(_summary(reports, own.server))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     provisioner = config.stash.get(PROVISIONER, None)
-    if provisioner is not None:
-        provisioner.close()
+    if provisioner is None:
+        return
+    provisioner.close()
+    if provisioner.identity.owner_pid == os.getpid() and not provisioner.settings.url.value:
+        stop_owned(provisioner.local_server())
 
 
 def _worker_id(config: pytest.Config) -> str:
     return config.stash[PROVISIONER].identity.worker_id
 
 
-def _summary(reports: list[dict[str, Any]]) -> str:
+def _summary(reports: list[dict[str, Any]], owner_note: str) -> str:
     builders = [r for r in reports if r["built"]]
     template = reports[0]["template"]
+    notes = [owner_note, *(r["server"] for r in reports)]
+    server = next((note for note in notes if "start in" in note), reports[0]["server"])
     if builders:
         built = ", ".join(f"{r['worker']} in {r['build_seconds']:.2f} s" for r in builders)
         how = f"built by {built}"
@@ -142,7 +196,7 @@ def _summary(reports: list[dict[str, Any]]) -> str:
     clone_ms = 1000 * sum(r["clone_seconds"] for r in reports) / max(clones, 1)
     resets = sum(r["resets"] for r in reports)
     return (
-        f"pgtemplate: {reports[0]['server']}; template {template} {how}; "
+        f"pgtemplate: {server}; template {template} {how}; "
         f"{clones} worker database(s) cloned (avg {clone_ms:.0f} ms) and dropped; "
         f"{resets} reset(s)"
     )

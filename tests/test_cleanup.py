@@ -1,0 +1,157 @@
+"""Crashes, concurrency and clean-up: real processes, real server, no mocks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from conftest import SERVER_URL, InnerProject, drop_database, plugin_databases
+from pytest_pgtemplate._liveness import LIVENESS_CLASS, lock_key
+from pytest_pgtemplate._naming import Marker
+
+SLOW = """
+import time
+
+def test_slow(pg_database):
+    time.sleep({seconds})
+"""
+
+
+def start_run(directory: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:benchmark", *args],
+        cwd=directory,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def worker_databases(admin: psycopg.Connection) -> set[str]:
+    return {name for name in plugin_databases(admin) if "_tpl_" not in name}
+
+
+def wait_for_new(admin: psycopg.Connection, known: set[str], seconds: float = 60) -> set[str]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        new = worker_databases(admin) - known
+        if new:
+            return new
+        time.sleep(0.1)
+    raise AssertionError("no worker database appeared")
+
+
+def test_two_runs_at_once_on_other_machines_migrate_once(project: InnerProject) -> None:
+    project.write_tests(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_db(pg_database, n):
+            pass
+        """
+    )
+    twin = project.path.parent / f"{project.path.name}-twin"
+    shutil.copytree(project.path, twin)  # own directory: its file locks coordinate nothing
+    try:
+        runs = [start_run(directory, "-n", "2") for directory in (project.path, twin)]
+        outputs = [run.communicate(timeout=180)[0].decode() for run in runs]
+    finally:
+        shutil.rmtree(twin, ignore_errors=True)
+    for run, output in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, output
+    assert project.migrations_run() == 1, outputs
+
+
+def test_a_killed_runs_databases_are_swept_and_a_live_run_is_untouched(
+    project: InnerProject,
+) -> None:
+    admin = project.admin
+    known = worker_databases(admin)
+    project.write_tests(SLOW.format(seconds=120))
+    killed = start_run(project.path, "-p", "no:xdist")
+    dead = wait_for_new(admin, known)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert dead <= worker_databases(admin), "SIGKILL gave the run no chance to clean up"
+
+    live_dir = project.path.parent / f"{project.path.name}-live"
+    live_dir.mkdir()
+    shutil.copytree(project.path / "migrations", live_dir / "migrations")
+    shutil.copy(project.path / "alembic.ini", live_dir / "alembic.ini")
+    shutil.copy(project.path / "tox.ini", live_dir / "tox.ini")
+    (live_dir / "test_live.py").write_text(SLOW.format(seconds=6))
+    live = start_run(live_dir, "-p", "no:xdist")
+    live_dbs = wait_for_new(admin, known | dead)
+
+    project.write_tests("def test_quick(pg_database):\n    pass\n")
+    project.run("-p", "no:xdist").assert_outcomes(passed=1)
+    assert not dead & worker_databases(admin), "the next run's sweep drops the dead run's"
+    assert live_dbs <= worker_databases(admin), "a live run's database is never swept"
+    output = live.communicate(timeout=120)[0].decode()
+    shutil.rmtree(live_dir, ignore_errors=True)
+    assert live.returncode == 0, output
+
+
+def test_a_killed_worker_is_replaced_by_one_with_a_working_database(
+    project: InnerProject,
+) -> None:
+    project.write_tests(
+        """
+        import os, signal
+        import pytest
+
+        @pytest.mark.parametrize("n", range(8))
+        def test_db(pg_database, n, tmp_path_factory):
+            flag = tmp_path_factory.getbasetemp().parent / "killed"
+            if n == 3 and not flag.exists():
+                flag.write_text("once")
+                os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    before = worker_databases(project.admin)
+    result = project.run("-n", "2", "--max-worker-restart", "2")
+    result.assert_outcomes(passed=7, failed=1)
+    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*test_db?3?*"])
+    assert worker_databases(project.admin) <= before, "the crashed worker's database is swept"
+
+
+def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    dead, live = f"pgtemplate_gcdead{suffix}_gw0", f"pgtemplate_gclive{suffix}_gw0"
+    for name in (dead, live):
+        marker = Marker("worker", run_id=suffix, owner=name, created="2026-01-01T00:00:00+00:00")
+        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{marker.to_comment()}'")
+    env = {**os.environ, "PGTEMPLATE_URL": SERVER_URL}
+    try:
+        with psycopg.connect(SERVER_URL, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s, %s)", (LIVENESS_CLASS, lock_key(live)))
+            listed = json.loads(_cli(env, "list", "--json"))
+            alive = {row["name"]: row["alive"] for row in listed}
+            assert alive[dead] == "no"
+            assert alive[live] == "yes"
+            dry = {row["name"] for row in json.loads(_cli(env, "gc", "--dry-run", "--json"))}
+            assert dead in dry
+            assert live not in dry
+            assert dead in plugin_databases(admin), "--dry-run drops nothing"
+            _cli(env, "gc")
+            assert dead not in plugin_databases(admin)
+            assert live in plugin_databases(admin)
+    finally:
+        for name in (dead, live):
+            drop_database(admin, name)
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    command = [sys.executable, "-m", "pytest_pgtemplate", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout

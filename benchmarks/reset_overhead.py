@@ -1,9 +1,13 @@
-"""Per-test reset overhead: no reset (the floor) vs snapshot ``restore`` vs TRUNCATE of every table.
+"""Per-test reset overhead of each strategy against the floor (no reset at all).
 
 A "test" inserts 5 rows into 3 tables through the worker connection and commits; the reset
 runs right after on the same connection. Templates have 10, 50, 200 tables: every fifth has 3
-seed rows, every third references a seeded table. Two restore columns: the 3 tables are empty in
-the template, or one of them has seed rows (which are then copied back).
+seed rows, every third references a seeded table. Columns: ``restore`` is the ``truncate``
+strategy (the 3 tables empty in the template, or one with seed rows, which are copied back);
+``rollback`` runs the test inside an outer transaction whose commit is a savepoint release, rolls
+it back, then runs the exact check; ``recreate`` drops the database and renames a spare clone
+in (the spare's clone happens in the background in the plugin and is not timed here);
+``truncate-all`` is TRUNCATE of every table.
 
     python benchmarks/reset_overhead.py [--tables 10 50 200] [--rounds N] [--url URL]
 
@@ -83,8 +87,11 @@ class Worker:
     body: str
     reset: Reset | None
     timing: Timing
+    before: Reset | None = None  # untimed preparation (recreate's background spare clone)
 
     async def round(self, record: bool) -> None:
+        if self.before is not None:
+            await self.before(self.conn)
         started = time.perf_counter()
         await self.conn.execute(self.body)
         tested = time.perf_counter()
@@ -120,6 +127,10 @@ async def worker(server: Server, template: str, strategy: str, touched: list[str
     conn = await asyncpg.connect(server.url, database=await server.create(template))
     if strategy == "floor":
         return Worker(conn, test_body(touched), None, Timing([], []))
+    if strategy == "rollback":
+        return await rollback_worker(conn, touched)
+    if strategy == "recreate":
+        return await recreate_worker(server, template, conn, touched)
     if strategy == "truncate-all":
         statement = await truncate_all_statement(conn)
 
@@ -132,6 +143,51 @@ async def worker(server: Server, template: str, strategy: str, touched: list[str
             return await restore(c, snapshot)
 
     return Worker(conn, test_body(touched), reset, Timing([], []))
+
+
+async def rollback_worker(conn: asyncpg.Connection, touched: list[str]) -> Worker:
+    snapshot = await capture(conn)
+    body = (
+        test_body(touched)
+        .replace("BEGIN", "BEGIN; SAVEPOINT t")
+        .replace("COMMIT", "RELEASE SAVEPOINT t")
+    )
+
+    async def reset(c: asyncpg.Connection) -> object:
+        await c.execute("ROLLBACK")
+        return await restore(c, snapshot)
+
+    return Worker(conn, body, reset, Timing([], []))
+
+
+async def recreate_worker(
+    server: Server, template: str, conn: asyncpg.Connection, touched: list[str]
+) -> Worker:
+    """Swaps connections under the Worker: the reset reconnects to the renamed spare."""
+    name = await conn.fetchval("SELECT current_database()")
+    spare = f"{name}_s"
+    server.created.append(spare)
+    state: dict[str, asyncpg.Connection] = {}
+
+    async def prepare(c: asyncpg.Connection) -> object:
+        return await server.admin.execute(f'CREATE DATABASE "{spare}" TEMPLATE "{template}"')
+
+    async def reset(c: asyncpg.Connection) -> object:
+        await c.close()
+        await server.admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await server.admin.execute(f'ALTER DATABASE "{spare}" RENAME TO "{name}"')
+        state["conn"] = await asyncpg.connect(server.url, database=name)
+        return None
+
+    each = Worker(conn, test_body(touched), reset, Timing([], []), before=prepare)
+    original_round = each.round
+
+    async def round_(record: bool) -> None:
+        await original_round(record)
+        each.conn = state.pop("conn", each.conn)
+
+    each.round = round_  # type: ignore[method-assign]
+    return each
 
 
 async def run_rounds(workers: list[Worker], rounds: int) -> None:
@@ -155,11 +211,19 @@ async def build_template(server: Server, tables: int) -> str:
 async def one_size(server: Server, tables: int, rounds: int) -> str:
     template = await build_template(server, tables)
     empty, seeded = ["t001", "t002", "t003"], ["t001", "t002", "t005"]
-    runs = [("floor", empty), ("restore", empty), ("restore", seeded), ("truncate-all", empty)]
+    runs = [
+        ("floor", empty),
+        ("restore", empty),
+        ("restore", seeded),
+        ("rollback", empty),
+        ("recreate", empty),
+        ("truncate-all", empty),
+    ]
     workers = [await worker(server, template, strategy, touched) for strategy, touched in runs]
     try:
-        await run_rounds(workers[:3], rounds)
-        await run_rounds(workers[3:], rounds)  # apart: its file churn would slow the others
+        await run_rounds(workers[:4], rounds)
+        await run_rounds(workers[4:5], rounds)  # apart: file churn would slow the others
+        await run_rounds(workers[5:], rounds)
         for each in workers[1:3]:  # nothing left to undo: restore was exact
             if each.reset is None or await each.reset(each.conn) != RestoreStats():
                 raise RuntimeError("restore left the worker database unlike the template")
@@ -167,10 +231,11 @@ async def one_size(server: Server, tables: int, rounds: int) -> str:
         for each in workers:
             await each.conn.close()
     await server.drop_all()
-    floor, plain, with_seed, truncate = (each.timing for each in workers)
+    floor, plain, with_seed, rollback, recreate, truncate = (each.timing for each in workers)
     return (
-        f"| {tables} | {floor.cell()} | {plain.cell()} | {with_seed.cell()} | {truncate.cell()} "
-        f"| {plain.total - floor.total:.2f} | {with_seed.total - floor.total:.2f} "
+        f"| {tables} | {floor.cell()} | {plain.cell()} | {with_seed.cell()} | {rollback.cell()} "
+        f"| {recreate.cell()} | {truncate.cell()} | {plain.total - floor.total:.2f} "
+        f"| {with_seed.total - floor.total:.2f} | {rollback.total - floor.total:.2f} "
         f"| {truncate.reset / plain.reset:.0f}x |"
     )
 
@@ -187,11 +252,11 @@ async def main(url: str, sizes: list[int], rounds: int) -> None:
             f"{rounds} rounds; ms per test (median (min-max)) = the test's own work + the reset\n"
         )
         print(
-            "| tables | no reset (floor) | restore | restore, 1 seeded table touched "
-            "| truncate-all | restore - floor | restore seeded - floor "
-            "| truncate-all / restore (reset only) |"
+            "| tables | no reset (floor) | truncate (restore) | truncate, 1 seeded table touched "
+            "| rollback | recreate (foreground) | truncate-all | truncate - floor "
+            "| truncate seeded - floor | rollback - floor | truncate-all / truncate (reset only) |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for tables in sizes:
             print(await one_size(server, tables, rounds), flush=True)
     finally:

@@ -128,6 +128,7 @@ def test_a_killed_worker_is_replaced_by_one_with_a_working_database(
 def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
     suffix = uuid.uuid4().hex[:8]
     dead, live = f"pgtemplate_gcdead{suffix}_gw0", f"pgtemplate_gclive{suffix}_gw0"
+    template = f"pgtemplate_tpl_gc{suffix}"
     for name in (dead, live):
         marker = Marker("worker", run_id=suffix, owner=name, created="2026-01-01T00:00:00+00:00")
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -147,8 +148,15 @@ def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
             _cli(env, "gc")
             assert dead not in plugin_databases(admin)
             assert live in plugin_databases(admin)
+            admin.execute(f'CREATE DATABASE "{template}"')
+            comment = Marker("template", fingerprint=suffix).to_comment()
+            admin.execute(f"COMMENT ON DATABASE \"{template}\" IS '{comment}'")
+            _cli(env, "gc")
+            assert template in plugin_databases(admin), "templates stay without --templates"
+            _cli(env, "gc", "--templates")
+            assert template not in plugin_databases(admin)
     finally:
-        for name in (dead, live):
+        for name in (dead, live, template):
             drop_database(admin, name)
 
 

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     gc = commands.add_parser("gc", help="drop the databases of runs that are gone")
     gc.add_argument("--dry-run", action="store_true", help="only show what would be dropped")
     gc.add_argument("--kept", action="store_true", help="also drop --pgtemplate-keep-failed copies")
+    gc.add_argument(
+        "--templates", action="store_true", help="also drop templates that no live run clones"
+    )
     gc.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -53,7 +56,12 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         if args.command == "list":
             _show(entries, args.json)
             return 0
-        doomed = dead_workers(entries) + [e for e in entries if args.kept and e.kind == "kept"]
+        doomed = dead_workers(entries) + [
+            e
+            for e in entries
+            if (args.kept and e.kind == "kept")
+            or (args.templates and e.kind == "template" and not e.alive)
+        ]
         if not args.dry_run:
             await drop_entries(admin, doomed)
         _show(doomed, args.json, title="would drop" if args.dry_run else "dropped")

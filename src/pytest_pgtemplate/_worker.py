@@ -78,8 +78,7 @@ class WorkerSlot:
         else:
             self._clone(self.name)
         self.dirty = False
-        self.snapshot = None
-        self._open_resetter()
+        self._open_resetter()  # the snapshot stays valid: every clone of the template is alike
         self.prepare_spare()
         return leaked
 

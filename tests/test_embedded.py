@@ -215,7 +215,7 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
     package = cache / "lib" / "pytest_pgtemplate"
     package.mkdir(parents=True)
     (package / "__init__.py").touch()
-    for module in ("_binaries.py", "_embedded.py", "_errors.py", "_reaper.py"):
+    for module in ("_binaries.py", "_embedded.py", "_errors.py", "_osuser.py", "_reaper.py"):
         shutil.copy(SRC / module, package / module)
     own = cache / "own"
     own.mkdir()

@@ -16,7 +16,6 @@ import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 from . import _reaper
 from ._binaries import Binaries
 from ._errors import ConfigurationError, ServerUnavailableError
+from ._osuser import RunAs, check_reachable, private_dir, run_program, server_user, shared_dir
 
 SUPERUSER = "postgres"
 _READY_TIMEOUT = 30.0
@@ -71,14 +71,6 @@ class EmbeddedServer:
         return self.data_dir.parent / "server.log"
 
 
-@dataclass(frozen=True)
-class _RunAs:
-    name: str
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-
 def cache_root() -> Path:
     """Where data dirs live: tmpfs if it has room (initdb 0.44 s there, 1.35 s on disk).
 
@@ -105,11 +97,11 @@ def start(
     began = time.perf_counter()
     if not _reaper.alive(owner_pid):
         raise ValueError(f"owner_pid {owner_pid} is not a running process")
-    run_as = _run_as()
-    cache = _shared_dir(cache.expanduser().resolve())
-    base = _shared_dir(cache / str(binaries.major))
+    run_as = server_user()
+    cache = shared_dir(cache.expanduser().resolve())
+    base = shared_dir(cache / str(binaries.major))
     if run_as is not None:
-        _check_reachable(base, run_as)
+        check_reachable(base, run_as)
     slot = _claim_slot(base, owner_pid, run_as)
     try:
         server = _start_in(slot, binaries, run_as, fresh=fresh, began=began)
@@ -149,63 +141,6 @@ def read_running(cache: Path, owner_pid: int) -> EmbeddedServer | None:
     return None
 
 
-def _run_as() -> _RunAs | None:
-    """Whom to run PostgreSQL as: it refuses root, so root uses ``postgres``, else ``nobody``.
-
-    ``nobody`` serves containers that have no ``postgres`` user: the data dir then belongs to
-    ``nobody``, which is fine for a throwaway server reached over TCP with trust auth.
-    """
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(name)
-            groups = tuple(os.getgrouplist(name, entry.pw_gid))
-            return _RunAs(name, entry.pw_uid, entry.pw_gid, groups)
-    raise ConfigurationError(
-        "pytest runs as root, which PostgreSQL refuses, and there is no 'postgres' or 'nobody' "
-        "OS user to run it as: create one (useradd --system postgres), run pytest as another "
-        "user, or set pgtemplate_url / PGTEMPLATE_URL to a running server."
-    )
-
-
-def _shared_dir(path: Path) -> Path:
-    """Create ``path`` (0755) and make sure it is ours: /dev/shm is writable by anyone."""
-    if not path.exists():
-        path.mkdir(parents=True)
-        path.chmod(0o755)  # whatever the umask: root's server user must pass through
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise ConfigurationError(
-            f"{path} must be a directory owned by uid {os.geteuid()} (it is not, owner uid "
-            f"{info.st_uid}); delete it or choose another cache directory."
-        )
-    return path
-
-
-def _private_dir(path: Path, run_as: _RunAs | None) -> Path:
-    """Create ``path`` (0700) for the server's OS user."""
-    path.mkdir(mode=0o700, exist_ok=True)
-    if run_as is not None:
-        os.chown(path, run_as.uid, run_as.gid)
-    return path
-
-
-def _check_reachable(path: Path, run_as: _RunAs) -> None:
-    """Fail early, and clearly, if the server's OS user cannot reach ``path``."""
-    for part in (path, *path.parents):
-        info = part.stat()
-        if info.st_uid == run_as.uid:
-            bit = stat.S_IXUSR
-        else:
-            bit = stat.S_IXGRP if info.st_gid in run_as.groups else stat.S_IXOTH
-        if not info.st_mode & bit:
-            raise ConfigurationError(
-                f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which cannot "
-                f"enter {part}; choose a cache directory it can reach, e.g. under /tmp."
-            )
-
-
 @contextlib.contextmanager
 def _flock(path: Path) -> Iterator[None]:
     """An exclusive lock the kernel releases even when its holder is SIGKILLed."""
@@ -214,14 +149,14 @@ def _flock(path: Path) -> Iterator[None]:
         yield
 
 
-def _claim_slot(base: Path, owner_pid: int, run_as: _RunAs | None) -> Path:
+def _claim_slot(base: Path, owner_pid: int, run_as: RunAs | None) -> Path:
     """Take the first slot whose recorded owner is not alive, and record ``owner_pid`` there."""
     with _flock(base / "slots.lock"):
         for number in count():
             slot = base / f"slot{number}"
             record = _load_owner(slot)
             if not _reaper.alive(record.get("owner_pid", 0), record.get("owner_started")):
-                _private_dir(slot, run_as)
+                private_dir(slot, run_as)
                 _save_owner(slot, owner_pid, None)
                 return slot
     raise AssertionError("unreachable")  # pragma: no cover
@@ -257,7 +192,7 @@ def _server_from(fields: dict[str, Any]) -> EmbeddedServer:
 
 
 def _start_in(
-    slot: Path, binaries: Binaries, run_as: _RunAs | None, *, fresh: bool, began: float
+    slot: Path, binaries: Binaries, run_as: RunAs | None, *, fresh: bool, began: float
 ) -> EmbeddedServer:
     """Start in a claimed slot: stop a dead run's server, then reuse or rebuild the data dir."""
     data = slot / "data"
@@ -285,17 +220,17 @@ def _user_name(uid: int) -> str:
         return str(uid)
 
 
-def _socket_dir(slot: Path, run_as: _RunAs | None) -> Path:
+def _socket_dir(slot: Path, run_as: RunAs | None) -> Path:
     """``slot/sock``, or a short dir in /tmp if that is too long for a unix socket's path."""
     path = slot / "sock"
     if len(os.fsencode(path)) + len("/.s.PGSQL.65535.lock") >= 100:
         path = Path("/tmp") / f"pgtemplate-{hashlib.sha256(bytes(slot)).hexdigest()[:12]}"
         if path.exists() and path.lstat().st_uid != (run_as.uid if run_as else os.geteuid()):
             raise ConfigurationError(f"{path} belongs to another user; delete it")
-    return _private_dir(path, run_as)
+    return private_dir(path, run_as)
 
 
-def _sound(data: Path, binaries: Binaries, run_as: _RunAs | None) -> bool:
+def _sound(data: Path, binaries: Binaries, run_as: RunAs | None) -> bool:
     """Whether ``data`` looks like a finished cluster of this major owned by the server user."""
     try:
         version = (data / "PG_VERSION").read_text().strip()
@@ -308,24 +243,7 @@ def _sound(data: Path, binaries: Binaries, run_as: _RunAs | None) -> bool:
     return version == str(binaries.major) and owner == expected and finished and complete
 
 
-def _run(args: list[str], run_as: _RunAs | None, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL program, as the server's OS user when we are root."""
-    return subprocess.run(
-        args,
-        cwd=cwd,
-        env={**os.environ, "LC_ALL": "C"},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        user=run_as.uid if run_as else None,
-        group=run_as.gid if run_as else None,
-        extra_groups=list(run_as.groups) if run_as else None,
-    )
-
-
-def _initdb(binaries: Binaries, data: Path, run_as: _RunAs | None) -> None:
+def _initdb(binaries: Binaries, data: Path, run_as: RunAs | None) -> None:
     """Create a fresh cluster: trust auth, no fsync; locale C.UTF-8 where the OS has it, else C."""
     shutil.rmtree(data, ignore_errors=True)
     args = [binaries.tool("initdb"), "-D", str(data), "--auth=trust", f"--username={SUPERUSER}"]
@@ -333,7 +251,7 @@ def _initdb(binaries: Binaries, data: Path, run_as: _RunAs | None) -> None:
     args += ["--no-instructions"] if binaries.major >= 13 else []
     output = ""
     for locale in ("C.UTF-8", "C"):
-        done = _run([*args, f"--locale={locale}"], run_as, data.parent)
+        done = run_program([*args, f"--locale={locale}"], run_as, data.parent)
         if done.returncode == 0:
             with (data / "postgresql.conf").open("a") as conf:
                 conf.write(f"\n{_INCLUDE}\n")
@@ -346,7 +264,7 @@ def _initdb(binaries: Binaries, data: Path, run_as: _RunAs | None) -> None:
     )
 
 
-def _write_run_conf(data: Path, port: int, socket_dir: Path, run_as: _RunAs | None) -> None:
+def _write_run_conf(data: Path, port: int, socket_dir: Path, run_as: RunAs | None) -> None:
     """Settings rewritten at every start, so a warm cluster gets the current tuning too."""
     escaped = str(socket_dir).replace("'", "''")
     settings = {**_TUNING, "port": str(port), "unix_socket_directories": f"'{escaped}'"}
@@ -363,7 +281,7 @@ def _free_port() -> int:
 
 
 def _launch(
-    binaries: Binaries, data: Path, socket_dir: Path, run_as: _RunAs | None
+    binaries: Binaries, data: Path, socket_dir: Path, run_as: RunAs | None
 ) -> tuple[int, int]:
     """Start the postmaster; returns (pid, port). Retries when another process took the port."""
     log = data.parent / "server.log"
@@ -372,7 +290,7 @@ def _launch(
         _write_run_conf(data, port, socket_dir, run_as)
         log.unlink(missing_ok=True)
         args = [binaries.tool("pg_ctl"), "-D", str(data), "-W", "-l", str(log), "start"]
-        done = _run(args, run_as, data.parent)
+        done = run_program(args, run_as, data.parent)
         ready = done.returncode == 0
         pid = _reaper.wait_ready(data, port, log, _READY_TIMEOUT) if ready else None
         if pid is not None:

@@ -1,0 +1,97 @@
+"""Running PostgreSQL as an unprivileged OS user when pytest runs as root (it refuses root)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def server_user() -> RunAs | None:
+    """Whom to run PostgreSQL as: it refuses root, so root uses ``postgres``, else ``nobody``.
+
+    ``nobody`` serves containers that have no ``postgres`` user: the data dir then belongs to
+    ``nobody``, which is fine for a throwaway server reached over TCP with trust auth.
+    """
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            groups = tuple(os.getgrouplist(name, entry.pw_gid))
+            return RunAs(name, entry.pw_uid, entry.pw_gid, groups)
+    raise ConfigurationError(
+        "pytest runs as root, which PostgreSQL refuses, and there is no 'postgres' or 'nobody' "
+        "OS user to run it as: create one (useradd --system postgres), run pytest as another "
+        "user, or set pgtemplate_url / PGTEMPLATE_URL to a running server."
+    )
+
+
+def shared_dir(path: Path) -> Path:
+    """Create ``path`` (0755) and make sure it is ours: /dev/shm is writable by anyone."""
+    if not path.exists():
+        path.mkdir(parents=True)
+        path.chmod(0o755)  # whatever the umask: root's server user must pass through
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"{path} must be a directory owned by uid {os.geteuid()} (it is not, owner uid "
+            f"{info.st_uid}); delete it or choose another cache directory."
+        )
+    return path
+
+
+def private_dir(path: Path, run_as: RunAs | None) -> Path:
+    """Create ``path`` (0700) for the server's OS user."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    if run_as is not None:
+        os.chown(path, run_as.uid, run_as.gid)
+    return path
+
+
+def check_reachable(path: Path, run_as: RunAs) -> None:
+    """Fail early, and clearly, if the server's OS user cannot reach ``path``."""
+    for part in (path, *path.parents):
+        info = part.stat()
+        if info.st_uid == run_as.uid:
+            bit = stat.S_IXUSR
+        else:
+            bit = stat.S_IXGRP if info.st_gid in run_as.groups else stat.S_IXOTH
+        if not info.st_mode & bit:
+            raise ConfigurationError(
+                f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which cannot "
+                f"enter {part}; choose a cache directory it can reach, e.g. under /tmp."
+            )
+
+
+def run_program(
+    args: list[str], run_as: RunAs | None, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program, as the server's OS user when we are root."""
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env={**os.environ, "LC_ALL": "C"},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        user=run_as.uid if run_as else None,
+        group=run_as.gid if run_as else None,
+        extra_groups=list(run_as.groups) if run_as else None,
+    )

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace, url: str) -> int:
     admin = await connect(parse_server_url(url), timeout=10)
     try:
-        entries = await inventory(admin)
+        entries = await inventory(admin, sizes=args.command == "list")
         if args.command == "list":
             _show(entries, args.json)
             return 0

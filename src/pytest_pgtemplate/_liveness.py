@@ -22,7 +22,7 @@ TEMPLATE_USE_CLASS = 0x70677475  # "pgtu"
 
 _INVENTORY = """
 SELECT d.datname AS name, shobj_description(d.oid, 'pg_database') AS comment,
-       pg_database_size(d.oid) AS size, d.datistemplate AS is_template
+       CASE WHEN $2 THEN pg_database_size(d.oid) ELSE 0 END AS size
 FROM pg_database d WHERE d.datname LIKE $1 ORDER BY d.datname
 """
 _HELD_KEYS = """
@@ -66,14 +66,17 @@ async def hold_template_use(admin: asyncpg.Connection, template: str) -> None:
     )
 
 
-async def inventory(admin: asyncpg.Connection) -> list[Entry]:
-    """Every database carrying the plugin's marker; unmarked look-alikes are not ours."""
+async def inventory(admin: asyncpg.Connection, *, sizes: bool = False) -> list[Entry]:
+    """Every database carrying the plugin's marker; unmarked look-alikes are not ours.
+
+    ``sizes`` walks every database's files: only ``pgtemplate list`` pays for it.
+    """
     held = {
         (row["class"], row["key"])
         for row in await admin.fetch(_HELD_KEYS, LIVENESS_CLASS, TEMPLATE_USE_CLASS)
     }
     entries = []
-    for row in await admin.fetch(_INVENTORY, PREFIX.replace("_", "\\_") + "%"):
+    for row in await admin.fetch(_INVENTORY, PREFIX.replace("_", "\\_") + "%", sizes):
         marker = Marker.from_comment(row["comment"])
         if marker is not None:
             entries.append(

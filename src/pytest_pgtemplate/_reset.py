@@ -61,7 +61,9 @@ async def open_resetter(
             f"refusing to reset database {database!r}: it carries no pytest-pgtemplate worker "
             "marker, so the plugin did not create it"
         )
-    await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'")
+    # A worker database needs no durability: the reset's COMMIT need not wait for a WAL flush
+    # (visibility to other sessions is the same either way).
+    await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'; SET synchronous_commit = off")
     return Resetter(conn, database, snapshot or await capture(conn))
 
 

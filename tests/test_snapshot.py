@@ -283,6 +283,30 @@ async def test_random_work_is_undone_exactly(clean: World, mode: str) -> None:
     assert len(emptied) > 10, "the random work should reach most tables"
 
 
+async def test_rollback_strategy_undoes_random_work_exactly(clean: World) -> None:
+    """``reset="rollback"``: the test works inside an outer transaction (its commits are
+    savepoint releases), other connections may commit meanwhile; then ROLLBACK and the exact
+    check, which must bring back the template's state in both cases."""
+    steps, weights = [step for _, step in STEPS], [weight for weight, _ in STEPS]
+    await clean.plain.execute("SET lock_timeout = '100ms'")  # never wait on the outer transaction
+    other_connection_used = 0
+    try:
+        for seed in range(SEEDS // 3):
+            rng = random.Random(f"rollback-{seed}")
+            await clean.test.execute("BEGIN")
+            for _ in range(rng.randrange(1, 15)):
+                await attempt(clean.test, rng.choices(steps, weights)[0](rng))
+            if rng.random() < 0.3:
+                other_connection_used += 1
+                await attempt(clean.plain, rng.choices(steps, weights)[0](rng))
+            await clean.test.execute("ROLLBACK")
+            await restore(clean.worker, clean.snapshot)
+            assert await dump(clean.worker) == clean.expected, f"seed {seed}"
+    finally:
+        await clean.plain.execute("RESET lock_timeout")
+    assert other_connection_used > 5, "the other-connection path must be exercised"
+
+
 async def test_untouched_database_is_left_alone_cheaply(clean: World) -> None:
     await clean.test.execute("UPDATE app.country SET name = name")  # rows copied back next
     assert (await restore(clean.worker, clean.snapshot)).tables_emptied == ("app.country",)

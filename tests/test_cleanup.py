@@ -129,6 +129,11 @@ def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
     suffix = uuid.uuid4().hex[:8]
     dead, live = f"pgtemplate_gcdead{suffix}_gw0", f"pgtemplate_gclive{suffix}_gw0"
     template = f"pgtemplate_tpl_gc{suffix}"
+    run = uuid.uuid4().hex[:12]
+    unmarked = f"pgtemplate_{run}_gw3"  # killed between CREATE DATABASE and COMMENT
+    foreign = f"pgtemplate_users_{suffix}"  # ours by prefix only: never touched
+    for name in (unmarked, foreign):
+        admin.execute(f'CREATE DATABASE "{name}"')
     for name in (dead, live):
         marker = Marker("worker", run_id=suffix, owner=name, created="2026-01-01T00:00:00+00:00")
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -143,11 +148,15 @@ def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
             assert alive[live] == "yes"
             dry = {row["name"] for row in json.loads(_cli(env, "gc", "--dry-run", "--json"))}
             assert dead in dry
+            assert unmarked in dry
             assert live not in dry
+            assert foreign not in dry
             assert dead in plugin_databases(admin), "--dry-run drops nothing"
             _cli(env, "gc")
             assert dead not in plugin_databases(admin)
             assert live in plugin_databases(admin)
+            assert unmarked not in all_databases(admin)
+            assert foreign in all_databases(admin)
             admin.execute(f'CREATE DATABASE "{template}"')
             comment = Marker("template", fingerprint=suffix).to_comment()
             admin.execute(f"COMMENT ON DATABASE \"{template}\" IS '{comment}'")
@@ -156,8 +165,12 @@ def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
             _cli(env, "gc", "--templates")
             assert template not in plugin_databases(admin)
     finally:
-        for name in (dead, live, template):
+        for name in (dead, live, template, unmarked, foreign):
             drop_database(admin, name)
+
+
+def all_databases(admin: psycopg.Connection) -> set[str]:
+    return {row[0] for row in admin.execute("SELECT datname FROM pg_database").fetchall()}
 
 
 def _cli(env: dict[str, str], *args: str) -> str:

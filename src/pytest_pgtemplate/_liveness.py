@@ -9,6 +9,7 @@ holds a shared lock on its template, so pruning never drops a template that a li
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import asyncpg
@@ -77,12 +78,29 @@ async def inventory(admin: asyncpg.Connection, *, sizes: bool = False) -> list[E
     }
     entries = []
     for row in await admin.fetch(_INVENTORY, PREFIX.replace("_", "\\_") + "%", sizes):
-        marker = Marker.from_comment(row["comment"])
+        marker = Marker.from_comment(row["comment"]) or _unmarked_worker(row["name"])
         if marker is not None:
             entries.append(
                 Entry(row["name"], marker, row["size"], _alive(marker, row["name"], held))
             )
     return entries
+
+
+_WORKER_NAME = re.compile(r"pgtemplate_([0-9a-f]{12})_([a-z0-9_]+?)(_spare)?")
+
+
+def _unmarked_worker(name: str) -> Marker | None:
+    """A worker database (or spare) whose process died between CREATE DATABASE and its COMMENT.
+
+    The two cannot share a transaction. The worker takes its liveness lock before creating the
+    database, so an unmarked one with exactly this name shape is ours, and alive only while
+    that lock is held. Kept copies (``_failedN``) and templates are never guessed at.
+    """
+    match = _WORKER_NAME.fullmatch(name)
+    if match is None or re.search(r"_failed\d+$", name):
+        return None
+    owner = name.removesuffix("_spare") if match[3] else name
+    return Marker("worker", run_id=match[1], owner=owner)
 
 
 def _alive(marker: Marker, name: str, held: set[tuple[int, int]]) -> bool:

@@ -158,11 +158,14 @@ def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
             assert unmarked not in all_databases(admin)
             assert foreign in all_databases(admin)
             admin.execute(f'CREATE DATABASE "{template}"')
-            comment = Marker("template", fingerprint=suffix).to_comment()
+            project = f"gctest{suffix}"
+            comment = Marker("template", fingerprint=suffix, project=project).to_comment()
             admin.execute(f"COMMENT ON DATABASE \"{template}\" IS '{comment}'")
             _cli(env, "gc")
             assert template in plugin_databases(admin), "templates stay without --templates"
-            _cli(env, "gc", "--templates")
+            _cli(env, "gc", "--templates", "--project", "some-other-project")
+            assert template in plugin_databases(admin), "--project scopes --templates"
+            _cli(env, "gc", "--templates", "--project", project)  # never others' templates
             assert template not in plugin_databases(admin)
     finally:
         for name in (dead, live, template, unmarked, foreign):

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--templates", action="store_true", help="also drop templates that no live run clones"
     )
+    gc.add_argument("--project", help="with --templates: only this project's (its rootdir's name)")
     gc.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -60,7 +61,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             e
             for e in entries
             if (args.kept and e.kind == "kept")
-            or (args.templates and e.kind == "template" and not e.alive)
+            or (args.templates and e.kind == "template" and not e.alive and _in(args.project, e))
         ]
         if not args.dry_run:
             await drop_entries(admin, doomed)
@@ -68,6 +69,10 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         return 0
     finally:
         await admin.close()
+
+
+def _in(project: str | None, entry: Entry) -> bool:
+    return project is None or entry.marker.project == project
 
 
 def _show(entries: list[Entry], as_json: bool, title: str = "") -> None:

@@ -75,6 +75,8 @@ class Report:
     """What this process did, for the terminal summary (sent to the xdist controller)."""
 
     server: str = ""
+    server_started: bool = False
+    """This process started the plugin's own server: its note has the start-up figures."""
     template: str = ""
     built: bool = False
     build_seconds: float = 0.0
@@ -137,6 +139,7 @@ class Provisioner:
                 True,
                 describe_local(server, started_here=here),
             )
+            self.report.server_started = here
         admin = self._admin(url)
         info = self.loop.run(describe(admin, url, started=started))
         self.report.server = note

@@ -84,6 +84,7 @@ def _start_local_server_now(provisioner: Provisioner) -> None:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
     provisioner.identity = replace(provisioner.identity, server_url=server.url)
     provisioner.report.server = describe_local(server, started_here=True)
+    provisioner.report.server_started = True
 
 
 def _is_xdist_controller(config: pytest.Config) -> bool:
@@ -166,7 +167,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if own.template:
         reports.append({**own.as_dict(), "worker": _worker_id(config)})
     if reports:
-        terminalreporter.write_line(_summary(reports, own.server))
+        owner_note = own.server if own.server_started else ""
+        terminalreporter.write_line(_summary(reports, owner_note))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -185,8 +187,8 @@ def _worker_id(config: pytest.Config) -> str:
 def _summary(reports: list[dict[str, Any]], owner_note: str) -> str:
     builders = [r for r in reports if r["built"]]
     template = reports[0]["template"]
-    notes = [owner_note, *(r["server"] for r in reports)]
-    server = next((note for note in notes if "start in" in note), reports[0]["server"])
+    starters = [r["server"] for r in reports if r["server_started"]]
+    server = owner_note or next(iter(starters), reports[0]["server"])
     if builders:
         built = ", ".join(f"{r['worker']} in {r['build_seconds']:.2f} s" for r in builders)
         how = f"built by {built}"

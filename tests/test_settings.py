@@ -38,11 +38,29 @@ def test_export_env_accepts_spaces_and_commas(tmp_path: Path) -> None:
         resolve(_lookup({}, {"export_env": "NOT-A-NAME"}), {}, tmp_path)
 
 
-def test_migrate_and_alembic_ini_are_exclusive(tmp_path: Path) -> None:
+def test_a_builder_keeps_only_an_alembic_ini_that_exists(tmp_path: Path) -> None:
     settings = resolve(_lookup({}, {"migrate": "app.db:create_all"}), {}, tmp_path)
+    assert settings.migrate == "app.db:create_all"
     assert settings.alembic_ini is None
-    with pytest.raises(ConfigurationError, match="not both"):
-        resolve(_lookup({}, {"migrate": "a:b", "alembic_ini": "x.ini"}), {}, tmp_path)
+    (tmp_path / "alembic.ini").write_text("[alembic]\n")
+    settings = resolve(_lookup({}, {"migrate": "app.db:create_all"}), {}, tmp_path)
+    assert settings.alembic_ini == tmp_path / "alembic.ini", "its heads are checked"
+    with pytest.raises(ConfigurationError, match="either pgtemplate_migrate or pgtemplate_meta"):
+        resolve(_lookup({}, {"migrate": "a:b", "metadata": "a:Base.metadata"}), {}, tmp_path)
+
+
+def test_an_empty_cli_value_clears_the_ini_value(tmp_path: Path) -> None:
+    settings = resolve(_lookup({"migrate": ""}, {"migrate": "app.db:create_all"}), {}, tmp_path)
+    assert settings.migrate is None
+    assert settings.alembic_ini == tmp_path / "alembic.ini"
+
+
+def test_project_defaults_to_the_pyproject_name_else_the_rootdir(tmp_path: Path) -> None:
+    assert resolve(_lookup({}, {}), {}, tmp_path).project == tmp_path.name
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "shop-api"\n')
+    assert resolve(_lookup({}, {}), {}, tmp_path).project == "shop-api"
+    given = resolve(_lookup({}, {"project": "other"}), {}, tmp_path)
+    assert given.project == "other"
 
 
 def test_worker_names_fit_postgres_identifiers() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,10 @@ OPTIONS = (
         "migrate", "'package.module:function' called with the template's URL, instead of alembic."
     ),
     Option(
+        "metadata",
+        "'package.module:Base.metadata' whose create_all builds the template, instead of alembic.",
+    ),
+    Option(
         "reset",
         "how a worker database is put back after each test.",
         default=DEFAULT_RESET,
@@ -101,6 +106,37 @@ OPTIONS = (
         "templates of this project to keep; older unused ones are dropped.",
         default="3",
     ),
+    Option(
+        "project",
+        "name that owns this project's templates on a shared server (default: [project] name "
+        "in pyproject.toml, else the rootdir's name).",
+    ),
+    Option(
+        "fingerprint_paths",
+        "files, directories or globs (space or comma separated, relative to the rootdir) whose "
+        "content decides the template built by pgtemplate_migrate.",
+    ),
+    Option(
+        "durable",
+        "keep the server's synchronous_commit on the databases the plugin creates "
+        "(default: off there, as a throwaway test database needs no durability).",
+        default="false",
+        choices=("true", "false"),
+        flag=True,
+    ),
+    Option(
+        "leak_grace",
+        "seconds the reset waits for transactions still active on the worker database to "
+        "finish before it ends them.",
+        default="0.2",
+    ),
+    Option(
+        "allow_empty_template",
+        "accept a template in which pgtemplate_migrate created no table.",
+        default="false",
+        choices=("true", "false"),
+        flag=True,
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -117,6 +153,7 @@ class Settings:
     url: Resolved
     alembic_ini: Path | None
     migrate: str | None
+    metadata: str | None
     reset: str
     export_env: tuple[str, ...]
     lock_timeout: float
@@ -126,6 +163,11 @@ class Settings:
     cache_dir: Path | None
     fresh_server: bool
     keep_templates: int
+    project: str
+    fingerprint_paths: tuple[str, ...]
+    allow_empty_template: bool
+    durable: bool
+    leak_grace: float
     sources: Mapping[str, Resolved]
 
 
@@ -142,8 +184,11 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
             raise ConfigurationError(_choice_error(option, value[option.name]))
     return Settings(
         url=sources["url"],
-        alembic_ini=_alembic_ini(sources["alembic_ini"], value["migrate"], rootdir),
+        alembic_ini=_alembic_ini(
+            sources["alembic_ini"], value["migrate"] or value["metadata"], rootdir
+        ),
         migrate=value["migrate"] or None,
+        metadata=_metadata(value["metadata"], value["migrate"]),
         reset=value["reset"],
         export_env=_env_names(value["export_env"]),
         lock_timeout=_seconds(OPTIONS_BY_NAME["lock_timeout"], value["lock_timeout"]),
@@ -153,6 +198,11 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
         cache_dir=Path(os.path.expanduser(value["cache_dir"])) if value["cache_dir"] else None,
         fresh_server=value["fresh_server"] == "true",
         keep_templates=_count(OPTIONS_BY_NAME["keep_templates"], value["keep_templates"]),
+        project=value["project"] or default_project(rootdir),
+        fingerprint_paths=tuple(p for p in re.split(r"[\s,]+", value["fingerprint_paths"]) if p),
+        allow_empty_template=value["allow_empty_template"] == "true",
+        durable=value["durable"] == "true",
+        leak_grace=_seconds(OPTIONS_BY_NAME["leak_grace"], value["leak_grace"], allow_zero=True),
         sources=sources,
     )
 
@@ -161,9 +211,21 @@ def choice_error(option_name: str, got: str) -> str:
     return _choice_error(OPTIONS_BY_NAME[option_name], got)
 
 
+def default_project(rootdir: Path) -> str:
+    """``[project] name`` of the rootdir's pyproject.toml, else the rootdir's own name."""
+    try:
+        with (rootdir / "pyproject.toml").open("rb") as handle:
+            name = tomllib.load(handle).get("project", {}).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        name = None
+    return name if isinstance(name, str) and name else rootdir.name
+
+
 def _resolve_one(option: Option, lookup: RawLookup, environ: Mapping[str, str]) -> Resolved:
     cli, ini = lookup(option)
-    if cli not in (None, "", False):
+    if cli == "":  # --pgtemplate-x= clears a value from the ini or the environment
+        return Resolved(option.default, "cli")
+    if cli not in (None, False):
         return Resolved("true" if cli is True else str(cli), "cli")
     if option.env_var and environ.get(option.env_var):
         return Resolved(_normal(option, environ[option.env_var]), f"env {option.env_var}")
@@ -192,16 +254,13 @@ def _choice_error(option: Option, got: str) -> str:
     return f"{option.ini} must be one of [{valid}] (got {got!r})"
 
 
-def _alembic_ini(resolved: Resolved, migrate: str, rootdir: Path) -> Path | None:
-    if migrate:
-        if resolved.source != "default":
-            raise ConfigurationError(
-                "set either pgtemplate_migrate or pgtemplate_alembic_ini, not both "
-                f"(pgtemplate_alembic_ini comes from {resolved.source})"
-            )
-        return None
+def _alembic_ini(resolved: Resolved, builder: str, rootdir: Path) -> Path | None:
+    """The alembic config; with a callable or metadata builder, only one to check heads against."""
     path = Path(os.path.expanduser(resolved.value))
-    return path if path.is_absolute() else rootdir / path
+    path = path if path.is_absolute() else rootdir / path
+    if builder and resolved.source == "default" and not path.is_file():
+        return None
+    return path
 
 
 def _env_names(raw: str) -> tuple[str, ...]:
@@ -220,11 +279,21 @@ def _count(option: Option, raw: str) -> int:
     return int(raw)
 
 
-def _seconds(option: Option, raw: str) -> float:
+def _seconds(option: Option, raw: str, *, allow_zero: bool = False) -> float:
     try:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if seconds <= 0:
-        raise ConfigurationError(f"{option.ini} must be a positive number of seconds (got {raw!r})")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        kind = "a number of seconds, 0 or more" if allow_zero else "a positive number of seconds"
+        raise ConfigurationError(f"{option.ini} must be {kind} (got {raw!r})")
     return seconds
+
+
+def _metadata(spec: str, migrate: str) -> str | None:
+    if spec and migrate:
+        raise ConfigurationError(
+            "set either pgtemplate_migrate or pgtemplate_metadata, not both: each builds the "
+            "whole template"
+        )
+    return spec or None

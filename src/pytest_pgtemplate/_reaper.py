@@ -1,22 +1,34 @@
 """The embedded server's postmaster as a process: its pidfile, readiness, stopping; the reaper.
 
-Run as a script, ``python _reaper.py OWNER_PID OWNER_STARTED SERVER_PID DATA_DIR`` waits while
-the server runs and shuts it down at once (SIGQUIT, PostgreSQL's "immediate" mode) when the
-owning test run is gone, so even a SIGKILLed pytest leaves no postgres behind; it exits as soon
-as the server is gone. Hence stdlib only and no package imports: started by path, it loads in
-milliseconds and never imports SQLAlchemy.
+Run as a script, ``python _reaper.py OWNER_PID OWNER_STARTED DATA_DIR`` guards one slot from the
+moment it is claimed, before initdb and ``pg_ctl start``: a run killed anywhere during start-up
+must not leave a postmaster behind. While the owner lives it only waits; it leaves when the slot
+is released (``owner.json`` gone or naming another run) or when the server recorded there has
+stopped. Once the owner is gone it shuts down (SIGQUIT, PostgreSQL's "immediate" mode) any
+postmaster on the data dir, for a grace period (a postmaster that an orphaned ``pg_ctl`` forked
+writes its pidfile a little later), but only while ``owner.json`` still names the dead owner: a
+new run may already have taken the slot over and started its own server there. Stdlib only and
+no package imports: started by path, it loads in milliseconds and never imports SQLAlchemy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import re
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 POLL_SECONDS = 0.2
+GRACE_POLL_SECONDS = 0.02
+GRACE_SECONDS = 10.0  # how long a dead owner's start-up may still bring a postmaster up
+QUIET_SECONDS = 1.0  # ... but no process naming the data dir for this long means nothing will
 _HAVE_PROC = Path("/proc/self/stat").exists()
 
 
@@ -140,18 +152,90 @@ def wait_ready(data_dir: Path, port: int, log: Path, timeout: float) -> int | No
     return None
 
 
-def reap(owner_pid: int, owner_started: str | None, server_pid: int, data_dir: Path) -> None:
-    """While the server runs, shut it down as soon as its owner is gone."""
-    while postmaster_pid(data_dir) == server_pid:
-        if not alive(owner_pid, owner_started):
-            halt(data_dir, immediate=True)
+def load_owner(slot: Path) -> dict[str, Any]:
+    """The slot's ``owner.json`` record; empty when it is missing or unreadable (released)."""
+    try:
+        record = json.loads((slot / "owner.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+@contextlib.contextmanager
+def slots_lock(base: Path) -> Iterator[None]:
+    """The lock under which runs claim slots; the kernel releases it even on SIGKILL."""
+    with (base / "slots.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _names(record: dict[str, Any], owner_pid: int, owner_started: str | None) -> bool:
+    started = record.get("owner_started") or None
+    return record.get("owner_pid") == owner_pid and started == owner_started
+
+
+def _recorded_server_stopped(record: dict[str, Any], data_dir: Path) -> bool:
+    """Whether start-up finished (the record names the server) and that server is gone."""
+    pid = record.get("server", {}).get("pid")
+    return isinstance(pid, int) and postmaster_pid(data_dir) != pid
+
+
+def _others_naming(data_dir: Path) -> bool:
+    """Whether a process besides this one has ``data_dir`` on its command line (initdb, pg_ctl,
+    a postmaster yet to write its pidfile). Without /proc, assume so: wait out the grace."""
+    if not _HAVE_PROC:
+        return True
+    needle = os.fsencode(data_dir)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "cmdline").read_bytes():
+                    return True
+    return False
+
+
+def _halt_for_dead_owner(data_dir: Path, owner_pid: int, owner_started: str | None) -> bool:
+    """Halt the postmaster on ``data_dir`` if the slot still names the dead owner.
+
+    Returns True when the reaper is done: the slot changed hands, or a postmaster was halted
+    (the dead owner cannot start another one). The claim lock keeps a new run from taking the
+    slot over between the check and the signal.
+    """
+    with slots_lock(data_dir.parent.parent):
+        record = load_owner(data_dir.parent)
+        if not _names(record, owner_pid, owner_started):
+            return True
+        if postmaster_pid(data_dir) is None:
+            return "server" in record  # start-up had finished: nothing more can come
+        halt(data_dir, immediate=True)
+        return True
+
+
+def reap(owner_pid: int, owner_started: str | None, data_dir: Path) -> None:
+    """Wait while the owner lives and holds the slot; then halt what its start-up left."""
+    while alive(owner_pid, owner_started):
+        record = load_owner(data_dir.parent)
+        if not _names(record, owner_pid, owner_started):
+            return
+        if _recorded_server_stopped(record, data_dir):
             return
         time.sleep(POLL_SECONDS)
+    began = time.monotonic()
+    quiet_since = began
+    while time.monotonic() - began < GRACE_SECONDS:
+        if _halt_for_dead_owner(data_dir, owner_pid, owner_started):
+            return
+        now = time.monotonic()
+        if _others_naming(data_dir):
+            quiet_since = now
+        elif now - quiet_since >= QUIET_SECONDS:
+            return
+        time.sleep(GRACE_POLL_SECONDS)
 
 
 def main(argv: list[str]) -> int:
-    owner_pid, owner_started, server_pid, data_dir = argv
-    reap(int(owner_pid), owner_started or None, int(server_pid), Path(data_dir))
+    owner_pid, owner_started, data_dir = argv
+    reap(int(owner_pid), owner_started or None, Path(data_dir))
     return 0
 
 

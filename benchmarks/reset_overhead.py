@@ -9,7 +9,12 @@ it back, then runs the exact check; ``recreate`` drops the database and renames 
 in (the spare's clone happens in the background in the plugin and is not timed here);
 ``truncate-all`` is TRUNCATE of every table.
 
+A second table (``--mode checks`` prints only it) times what runs when nothing changed: the check
+before a test (``restore`` on an unchanged database: the detection query, schema probe included)
+and the schema probe's own share (the detection query with and without it, interleaved).
+
     python benchmarks/reset_overhead.py [--tables 10 50 200] [--rounds N] [--url URL]
+        [--mode all|checks]
 
 Every database is named ``pgtemplate_snaptest_<hex>`` and dropped at the end, even on Ctrl-C.
 """
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from pytest_pgtemplate._databases import drop
-from pytest_pgtemplate._snapshot import RestoreStats, capture, restore
+from pytest_pgtemplate._snapshot import RestoreStats, Snapshot, capture, restore
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 Reset = Callable[[asyncpg.Connection], Awaitable[object]]
@@ -240,7 +245,51 @@ async def one_size(server: Server, tables: int, rounds: int) -> str:
     )
 
 
-async def main(url: str, sizes: list[int], rounds: int) -> None:
+def without_schema_probe(detect_sql: str) -> str:
+    """The detection query as it was before the schema probe (its last UNION ALL branch)."""
+    data_only = detect_sql.rsplit("\nUNION ALL ", 1)[0]
+    return f"{data_only}\nUNION ALL SELECT -1, 0 WHERE $3::bigint[] IS NULL"
+
+
+async def timed(call: Callable[[], Awaitable[object]]) -> float:
+    started = time.perf_counter()
+    await call()
+    return (time.perf_counter() - started) * 1000
+
+
+async def check_costs(server: Server, tables: int, rounds: int) -> str:
+    """ms per call on an unchanged clone: the setup check, the detection with/without probe."""
+    template = await build_template(server, tables)
+    conn = await asyncpg.connect(server.url, database=await server.create(template))
+    try:
+        snapshot: Snapshot = await capture(conn)
+        full = await conn.prepare(snapshot.detect_sql)
+        data = await conn.prepare(without_schema_probe(snapshot.detect_sql))
+        args = (str(snapshot.reference_xid), str(snapshot.catalog.reference_xid))
+
+        async def setup_check() -> None:
+            if await restore(conn, snapshot) != RestoreStats():
+                raise RuntimeError("an unchanged database was found changed")
+
+        calls = [setup_check, lambda: data.fetch(*args, snapshot.catalog.counts)]
+        calls.append(lambda: full.fetch(*args, snapshot.catalog.counts))
+        samples: list[list[float]] = [[], [], []]
+        for round_ in range(rounds * 10 + 20):  # interleaved; 20 warm-up calls
+            for each, call in zip(samples, calls, strict=True):
+                elapsed = await timed(call)
+                if round_ >= 20:
+                    each.append(elapsed)
+    finally:
+        await conn.close()
+    await server.drop_all()
+    setup, data_only, with_probe = (statistics.median(each) for each in samples)
+    return (
+        f"| {tables} | {setup:.3f} | {data_only:.3f} | {with_probe:.3f} "
+        f"| {with_probe - data_only:.3f} |"
+    )
+
+
+async def main(url: str, sizes: list[int], rounds: int, mode: str) -> None:
     server = Server(url, await asyncpg.connect(url), [])
     try:
         settings = await server.admin.fetch(
@@ -248,20 +297,33 @@ async def main(url: str, sizes: list[int], rounds: int) -> None:
             "('fsync', 'synchronous_commit', 'full_page_writes', 'server_version') ORDER BY 1"
         )
         print(", ".join(f"{row['name']}={row['setting']}" for row in settings))
+        if mode == "all":
+            await strategies_table(server, sizes, rounds)
         print(
-            f"{rounds} rounds; ms per test (median (min-max)) = the test's own work + the reset\n"
+            f"\n{rounds * 10} calls each, interleaved; ms per call (median) on an unchanged clone\n"
         )
         print(
-            "| tables | no reset (floor) | truncate (restore) | truncate, 1 seeded table touched "
-            "| rollback | recreate (foreground) | truncate-all | truncate - floor "
-            "| truncate seeded - floor | rollback - floor | truncate-all / truncate (reset only) |"
+            "| tables | setup check (restore, nothing changed) | detection without schema probe "
+            "| detection with schema probe | schema probe cost |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|")
         for tables in sizes:
-            print(await one_size(server, tables, rounds), flush=True)
+            print(await check_costs(server, tables, rounds), flush=True)
     finally:
         await server.drop_all()
         await server.admin.close()
+
+
+async def strategies_table(server: Server, sizes: list[int], rounds: int) -> None:
+    print(f"{rounds} rounds; ms per test (median (min-max)) = the test's own work + the reset\n")
+    print(
+        "| tables | no reset (floor) | truncate (restore) | truncate, 1 seeded table touched "
+        "| rollback | recreate (foreground) | truncate-all | truncate - floor "
+        "| truncate seeded - floor | rollback - floor | truncate-all / truncate (reset only) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for tables in sizes:
+        print(await one_size(server, tables, rounds), flush=True)
 
 
 if __name__ == "__main__":
@@ -269,5 +331,6 @@ if __name__ == "__main__":
     parser.add_argument("--tables", type=int, nargs="+", default=[10, 50, 200])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--url", default=DEFAULT_URL, help="admin URL of the server")
+    parser.add_argument("--mode", choices=["all", "checks"], default="all")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.tables, args.rounds))
+    asyncio.run(main(args.url, args.tables, args.rounds, args.mode))

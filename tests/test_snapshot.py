@@ -1,13 +1,17 @@
 """Exact reset, checked against a real server: random work on a worker database, ``restore``,
-then every row and sequence must equal a fresh clone of the template.
+then every row and sequence must equal a fresh clone of the template. Also: a test's schema
+changes are detected (and harmless catalog writes are not), the check before a test, and the
+grace given to transactions still open when the reset starts.
 
 Databases are named ``pgtemplate_snaptest_<hex>`` and dropped by the module fixture, pass or fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import os
 import random
 import secrets
 import statistics
@@ -19,12 +23,14 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from conftest import SERVER_URL
 from pytest_pgtemplate._databases import drop
 from pytest_pgtemplate._errors import ResetError
+from pytest_pgtemplate._naming import Marker, quote_literal
+from pytest_pgtemplate._reset import ResetOutcome, Resetter, open_resetter
 from pytest_pgtemplate._snapshot import RestoreStats, Snapshot, capture, restore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
+SERVER_URL = os.environ.get("PGTEMPLATE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 # Every case the reset must survive: seed rows in two schemas referencing each other, FK cycles
 # (non-deferrable with seed rows, deferrable initially deferred), a self-reference, a partitioned
@@ -278,6 +284,7 @@ async def test_random_work_is_undone_exactly(clean: World, mode: str) -> None:
     for seed in range(SEEDS):
         await random_work(clean.test, random.Random(f"{mode}-{seed}"), steps)
         stats = await restore(conn, snapshot, **options)
+        assert not stats.schema_changed, f"seed {seed}: the restore's own work is no DDL"
         emptied.update(stats.tables_emptied)
         assert await dump(clean.worker) == clean.expected, f"seed {seed}: {stats}"
     assert len(emptied) > 10, "the random work should reach most tables"
@@ -371,3 +378,256 @@ async def test_without_superuser_a_seeded_non_deferrable_cycle_is_reported(clean
     with pytest.raises(ResetError, match="DEFERRABLE"):
         await restore(conn, snapshot)
     assert not conn.is_in_transaction()
+
+
+# --- Schema changes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Fresh:
+    """A clone of its own for a test that changes the schema (the plugin would re-clone it)."""
+
+    name: str
+    worker: asyncpg.Connection
+    test: asyncpg.Connection
+    snapshot: Snapshot
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def fresh(databases: Databases) -> AsyncIterator[Fresh]:
+    name = await databases.clone()
+    worker, test = [await asyncpg.connect(SERVER_URL, database=name) for _ in range(2)]
+    try:
+        yield Fresh(name, worker, test, await capture(worker))
+    finally:
+        for conn in (test, worker):
+            await conn.close()
+
+
+SCHEMA_CHANGES = {
+    "create table": "CREATE TABLE extra (id int PRIMARY KEY)",
+    "add column": "ALTER TABLE customer ADD COLUMN nickname text",
+    "drop column": "ALTER TABLE note DROP COLUMN body",
+    "rename table": "ALTER TABLE category RENAME TO kind",
+    "rename column": "ALTER TABLE note RENAME COLUMN body TO text",
+    "create index": "CREATE INDEX ON note (body)",
+    "create enum": "CREATE TYPE mood AS ENUM ('sad', 'happy')",
+    "create schema": "CREATE SCHEMA reports",
+    "create function": "CREATE FUNCTION two() RETURNS int LANGUAGE sql AS 'SELECT 2'",
+    "alter column type (rewrite)": "ALTER TABLE team ALTER COLUMN captain_id TYPE bigint",
+    "alter column type (no rewrite)": "ALTER TABLE note ALTER COLUMN body TYPE varchar(40)",
+    "set default": "ALTER TABLE note ALTER COLUMN body SET DEFAULT 'hi'",
+    "replace default": "ALTER TABLE customer ALTER COLUMN id SET DEFAULT 7",
+    "drop default": "ALTER TABLE customer ALTER COLUMN id DROP DEFAULT",
+    "set not null": "ALTER TABLE note ALTER COLUMN body SET NOT NULL",
+    "add check": "ALTER TABLE note ADD CHECK (body <> '')",
+    "drop constraint": "ALTER TABLE note DROP CONSTRAINT note_customer_id_fkey",
+    "drop table": "DROP TABLE event_tag",
+    "drop sequence": "DROP SEQUENCE untouched_seq",
+    "create view": "CREATE VIEW emails AS SELECT email FROM customer",
+    "create trigger": "CREATE TRIGGER t AFTER UPDATE ON team EXECUTE FUNCTION audit()",
+    "drop trigger": "DROP TRIGGER note_audit ON note",
+    "disable trigger": "ALTER TABLE customer DISABLE TRIGGER customer_audit",
+    "replace function": "CREATE OR REPLACE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql "
+    "AS 'BEGIN RETURN NULL; END'",
+}
+
+
+@pytest.mark.parametrize("ddl", SCHEMA_CHANGES.values(), ids=SCHEMA_CHANGES.keys())
+async def test_schema_change_is_detected_and_rows_are_left_alone(fresh: Fresh, ddl: str) -> None:
+    await fresh.test.execute("INSERT INTO app.country VALUES ('xx', 'Left')")
+    await fresh.test.execute(ddl)
+    stats = await restore(fresh.worker, fresh.snapshot)
+    assert stats == RestoreStats(schema_changed=True)
+    left = await fresh.worker.fetchval("SELECT count(*) FROM app.country WHERE code = 'xx'")
+    assert left == 1, "nothing is restored when the database is to be replaced"
+    assert (await restore(fresh.worker, fresh.snapshot)).schema_changed, "and it stays detected"
+
+
+async def test_schema_change_in_a_committed_transaction_with_rows(fresh: Fresh) -> None:
+    await fresh.test.execute(
+        "BEGIN; ALTER TABLE app.country ADD COLUMN flag text; "
+        "INSERT INTO app.country VALUES ('es', 'Spain', 'red'); COMMIT"
+    )
+    assert (await restore(fresh.worker, fresh.snapshot)).schema_changed
+
+
+async def test_rolled_back_ddl_is_no_schema_change(fresh: Fresh) -> None:
+    await fresh.test.execute("BEGIN; CREATE TABLE gone (id int); DROP TABLE note; ROLLBACK")
+    assert await restore(fresh.worker, fresh.snapshot) == RestoreStats()
+
+
+async def test_truncate_by_a_test_is_no_schema_change(fresh: Fresh) -> None:
+    """A new relfilenode is a pg_class update: the probe fires, the digest clears it once."""
+    expected = await dump(fresh.worker)
+    await fresh.test.execute("TRUNCATE app.country CASCADE")
+    stats = await restore(fresh.worker, fresh.snapshot)
+    assert not stats.schema_changed
+    assert "app.country" in stats.tables_emptied
+    assert await dump(fresh.worker) == expected
+    reference = fresh.snapshot.catalog.reference_xid
+    assert await restore(fresh.worker, fresh.snapshot) == RestoreStats()
+    assert fresh.snapshot.catalog.reference_xid == reference, "no re-check: nothing to confirm"
+
+
+async def test_temporary_objects_are_no_schema_change(fresh: Fresh) -> None:
+    reference = fresh.snapshot.catalog.reference_xid
+    await fresh.test.execute(
+        "CREATE TEMP TABLE scratch (id serial PRIMARY KEY, body text DEFAULT 'x' "
+        "CHECK (body <> ''), note_id int); CREATE INDEX ON scratch (body);"
+        " INSERT INTO scratch DEFAULT VALUES; CREATE TEMP VIEW v AS SELECT * FROM scratch;"
+        " ALTER TABLE scratch ADD COLUMN more int; ALTER TABLE scratch RENAME COLUMN more TO most"
+    )
+    assert await restore(fresh.worker, fresh.snapshot) == RestoreStats()
+    assert fresh.snapshot.catalog.reference_xid == reference, "the probe must not even fire"
+    await fresh.test.execute("DROP TABLE scratch CASCADE")  # and dropping them neither
+    assert await restore(fresh.worker, fresh.snapshot) == RestoreStats()
+
+
+@pytest.mark.parametrize("maintenance", ["ANALYZE", "VACUUM", "VACUUM ANALYZE note", "CHECKPOINT"])
+async def test_maintenance_is_no_schema_change(fresh: Fresh, maintenance: str) -> None:
+    await fresh.test.execute("INSERT INTO note VALUES ('n', 1)")
+    await fresh.test.execute(maintenance)
+    stats = await restore(fresh.worker, fresh.snapshot)
+    assert not stats.schema_changed
+    assert stats.tables_emptied == ("public.audit_log", "public.note")
+
+
+async def test_vacuum_full_is_a_false_alarm_cleared_once(fresh: Fresh) -> None:
+    await fresh.test.execute("VACUUM FULL app.country")
+    await fresh.test.execute("REINDEX TABLE note")
+    assert await restore(fresh.worker, fresh.snapshot) == RestoreStats()
+    reference = fresh.snapshot.catalog.reference_xid
+    assert await restore(fresh.worker, fresh.snapshot) == RestoreStats()
+    assert fresh.snapshot.catalog.reference_xid == reference
+
+
+@pytest.mark.parametrize("superuser", [True, False])
+async def test_the_restores_own_catalog_writes_are_not_counted(
+    fresh: Fresh, superuser: bool
+) -> None:
+    """Without superuser the restore TRUNCATEs and switches triggers; with it, a big table is
+    TRUNCATEd and an ALWAYS trigger switched: none of it may look like DDL, now or later."""
+    snapshot = fresh.snapshot if superuser else dataclasses.replace(fresh.snapshot, superuser=False)
+    expected = await dump(fresh.worker)
+    for round_ in range(4):
+        await fresh.test.execute(
+            "UPDATE customer SET email = 'x@y.z' WHERE id = 1; INSERT INTO note VALUES ('n', 2);"
+            "INSERT INTO app.country SELECT 'c' || g, 'C' FROM generate_series(1, 2000) g"
+        )
+        stats = await restore(fresh.worker, snapshot, truncate_above=-1 if round_ % 2 else 65536)
+        assert not stats.schema_changed, f"round {round_}"
+        assert stats.truncated, "the case needs the restore to TRUNCATE"
+        assert await dump(fresh.worker) == expected
+        reference = snapshot.catalog.reference_xid
+        assert await restore(fresh.worker, snapshot) == RestoreStats(), "twice: nothing left"
+        assert snapshot.catalog.reference_xid == reference
+
+
+async def test_a_dropped_captured_table_is_a_schema_change_not_an_error(fresh: Fresh) -> None:
+    await fresh.test.execute("DROP TABLE alert")  # the detection query reads it
+    assert (await restore(fresh.worker, fresh.snapshot)).schema_changed
+
+
+async def test_schema_check_costs_little_when_nothing_changed(fresh: Fresh) -> None:
+    await restore(fresh.worker, fresh.snapshot)
+    timings = []
+    for _ in range(30):
+        started = time.perf_counter()
+        assert await restore(fresh.worker, fresh.snapshot) == RestoreStats()
+        timings.append(time.perf_counter() - started)
+    assert statistics.median(timings) < 0.005
+
+
+# --- The resetter: before a test, and the grace for open transactions -------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def resetter(fresh: Fresh) -> AsyncIterator[Resetter]:
+    comment = quote_literal(Marker("worker").to_comment())
+    await fresh.worker.execute(f'COMMENT ON DATABASE "{fresh.name}" IS {comment}')
+    dsn = f"{SERVER_URL.rsplit('/', 1)[0]}/{fresh.name}"
+    each = await open_resetter(dsn, fresh.name, 10, fresh.snapshot, leak_grace=0.5)
+    try:
+        yield each
+    finally:
+        await each.close()
+
+
+async def test_ensure_pristine_restores_writes_made_before_the_test(
+    fresh: Fresh, resetter: Resetter
+) -> None:
+    expected = await dump(fresh.worker)
+    await fresh.test.execute("DELETE FROM app.country WHERE code = 'it'")
+    outcome = await resetter.ensure_pristine()
+    assert outcome.stats is not None
+    assert outcome.stats.tables_emptied == ("app.country",)
+    assert (outcome.leaked, outcome.schema_changed) == ((), False)
+    assert await dump(fresh.worker) == expected
+    assert await resetter.ensure_pristine() == ResetOutcome(stats=RestoreStats())
+
+
+async def test_reset_reports_a_schema_change(fresh: Fresh, resetter: Resetter) -> None:
+    await fresh.test.execute("ALTER TABLE note ADD COLUMN extra int")
+    assert (await resetter.reset("truncate")).schema_changed
+    assert (await resetter.ensure_pristine()).schema_changed
+
+
+async def test_no_open_transaction_costs_no_wait(resetter: Resetter) -> None:
+    started = time.perf_counter()
+    assert await resetter.end_leaked_backends(grace=5) == ()
+    assert time.perf_counter() - started < 0.5
+
+
+async def test_a_transaction_that_commits_within_the_grace_is_no_leak(
+    fresh: Fresh, resetter: Resetter
+) -> None:
+    await fresh.test.execute("BEGIN; INSERT INTO note VALUES ('late', NULL)")
+
+    async def finish_soon() -> None:
+        await asyncio.sleep(0.1)
+        await fresh.test.execute("COMMIT")
+
+    background = asyncio.create_task(finish_soon())
+    outcome = await resetter.reset("truncate")
+    await background
+    assert outcome.leaked == ()
+    assert outcome.stats is not None
+    assert "public.note" in outcome.stats.tables_emptied, "its commit came before the restore"
+    assert await fresh.test.fetchval("SELECT 1") == 1, "its connection was not ended"
+
+
+async def test_an_active_query_finishing_within_the_grace_is_no_leak(
+    fresh: Fresh, resetter: Resetter
+) -> None:
+    background = asyncio.create_task(fresh.test.execute("SELECT pg_sleep(0.15)"))
+    await asyncio.sleep(0.05)  # it is running when the reset starts
+    assert await resetter.end_leaked_backends() == ()
+    await background
+
+
+async def test_a_transaction_open_for_the_whole_grace_is_ended_and_reported(
+    fresh: Fresh, resetter: Resetter
+) -> None:
+    await fresh.test.execute("BEGIN; INSERT INTO note VALUES ('never committed', NULL)")
+    pid = fresh.test.get_server_pid()
+    started = time.perf_counter()
+    leaked = await resetter.end_leaked_backends(grace=0.2)
+    waited = time.perf_counter() - started
+    assert [(each.pid, each.state) for each in leaked] == [(pid, "idle in transaction")]
+    assert 0.1 < waited < 2, "it was given the grace, not more"
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        await fresh.test.fetchval("SELECT 1")
+
+
+async def test_a_long_running_query_is_ended_after_the_grace(
+    fresh: Fresh, resetter: Resetter
+) -> None:
+    background = asyncio.create_task(fresh.test.execute("SELECT pg_sleep(30)"))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    leaked = await resetter.end_leaked_backends(grace=0.1)
+    assert [each.state for each in leaked] == ["active"]
+    assert time.perf_counter() - started < 2
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
+        await background

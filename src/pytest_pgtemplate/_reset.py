@@ -1,16 +1,22 @@
-"""Putting a worker database back to the template's state after a test."""
+"""Putting a worker database back to the template's state after a test, or before one."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from ._errors import ResetError
 from ._naming import Marker
-from ._snapshot import Snapshot, capture, restore
+from ._snapshot import RestoreStats, Snapshot, capture, restore
 
 _LOCK_TIMEOUT = "10s"
+# Seconds a transaction still open when the reset starts may take to finish before its
+# connection is ended and reported (the pgtemplate_leak_grace setting).
+LEAK_GRACE = 0.2
+_POLL_FIRST, _POLL_MAX = 0.001, 0.02  # seconds between looks at pg_stat_activity, doubling
 
 _USER_TABLES = """
 SELECT format('%I.%I', n.nspname, c.relname) AS qualified
@@ -24,8 +30,13 @@ WHERE c.relkind IN ('r', 'p')
 ORDER BY 1
 """
 
-_LEAKED_BACKENDS = """
-SELECT pid, state, left(query, 120) AS query FROM pg_stat_activity
+# Connections inside a transaction. ``stale``: idle in it for longer than the grace ($1 s)
+# already, a leak that waiting cannot end. pg_stat_activity is re-read per transaction.
+_OPEN_BACKENDS = """
+SELECT pid, state, left(query, 120) AS query,
+       state LIKE 'idle in transaction%'
+         AND clock_timestamp() - state_change > make_interval(secs => $1) AS stale
+FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
   AND backend_type = 'client backend' AND coalesce(state, '') <> 'idle'
 """
@@ -38,8 +49,28 @@ class LeakedBackend:
     query: str
 
 
+@dataclass(frozen=True)
+class ResetOutcome:
+    """What a reset (or the check before a test) did.
+
+    ``leaked``: connections that were still inside a transaction after the grace and were ended.
+    ``schema_changed``: the test changed the schema; the rows were NOT restored, the caller must
+    replace the database with a fresh clone. ``stats``: what the exact restore undid (None for
+    ``truncate-all``).
+    """
+
+    leaked: tuple[LeakedBackend, ...] = ()
+    schema_changed: bool = False
+    stats: RestoreStats | None = None
+
+
 async def open_resetter(
-    dsn: str, database: str, timeout: float, snapshot: Snapshot | None
+    dsn: str,
+    database: str,
+    timeout: float,
+    snapshot: Snapshot | None,
+    *,
+    leak_grace: float = LEAK_GRACE,
 ) -> Resetter:
     """Connect to a worker database, refusing any database the plugin did not create.
 
@@ -64,7 +95,7 @@ async def open_resetter(
     # A worker database needs no durability: the reset's COMMIT need not wait for a WAL flush
     # (visibility to other sessions is the same either way).
     await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'; SET synchronous_commit = off")
-    return Resetter(conn, database, snapshot or await capture(conn))
+    return Resetter(conn, database, snapshot or await capture(conn), leak_grace)
 
 
 @dataclass
@@ -74,25 +105,50 @@ class Resetter:
     conn: asyncpg.Connection
     database: str
     snapshot: Snapshot
+    leak_grace: float = LEAK_GRACE
     _tables: list[str] | None = field(default=None, init=False)
 
-    async def reset(self, strategy: str) -> list[LeakedBackend]:
-        """Reset with ``strategy``; returns the stray backends it had to end first."""
+    async def reset(self, strategy: str) -> ResetOutcome:
+        """Reset after a test with ``strategy``, once stray transactions are over or ended."""
         leaked = await self.end_leaked_backends()
         if strategy in ("truncate", "rollback"):  # after a rollback: catches other connections
-            await restore(self.conn, self.snapshot)
-        elif strategy == "truncate-all":
+            stats = await restore(self.conn, self.snapshot)
+            return ResetOutcome(leaked, stats.schema_changed, stats)
+        if strategy == "truncate-all":
             await self._truncate_all()
-        else:
-            raise ResetError(f"unknown reset strategy {strategy!r}")
-        return leaked
+            return ResetOutcome(leaked)
+        raise ResetError(f"unknown reset strategy {strategy!r}")
 
-    async def end_leaked_backends(self) -> list[LeakedBackend]:
-        """Idle pooled connections are harmless; ones inside a transaction would block the reset."""
-        rows = await self.conn.fetch(_LEAKED_BACKENDS)
-        for row in rows:
-            await self.conn.execute("SELECT pg_terminate_backend($1)", row["pid"])
-        return [LeakedBackend(row["pid"], row["state"] or "", row["query"] or "") for row in rows]
+    async def ensure_pristine(self) -> ResetOutcome:
+        """Before a test: undo what ran since the last reset (tests that did not ask for the
+        database may have written to it). One detection query when nothing changed."""
+        leaked = await self.end_leaked_backends()
+        stats = await restore(self.conn, self.snapshot)
+        return ResetOutcome(leaked, stats.schema_changed, stats)
+
+    async def end_leaked_backends(self, grace: float | None = None) -> tuple[LeakedBackend, ...]:
+        """End connections still inside a transaction after ``grace`` seconds (default
+        ``leak_grace``); they would block the reset. Idle pooled connections are harmless.
+
+        A transaction about to finish (background work after the test returned) is given the
+        grace; one idle in transaction for longer than the grace is a leak at once. Costs one
+        query when nothing is open.
+        """
+        grace = self.leak_grace if grace is None else grace
+        rows = await self.conn.fetch(_OPEN_BACKENDS, grace)
+        deadline, delay = time.monotonic() + grace, _POLL_FIRST
+        while any(not row["stale"] for row in rows) and time.monotonic() < deadline:
+            await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 2, _POLL_MAX)
+            rows = await self.conn.fetch(_OPEN_BACKENDS, grace)
+        if rows:
+            pids = [row["pid"] for row in rows]
+            await self.conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids
+            )
+        return tuple(
+            LeakedBackend(row["pid"], row["state"] or "", row["query"] or "") for row in rows
+        )
 
     async def close(self) -> None:
         await self.conn.close(timeout=5)

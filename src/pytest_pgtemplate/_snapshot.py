@@ -8,13 +8,14 @@ a table empty in the template has a visible row; a seeded table's row count diff
 row is younger than ``Snapshot.reference_xid`` (frozen rows keep their raw xmin, subtransaction
 xids are younger than their parent's; statistics counters lag, so they are not used); a sequence's
 ``(last_value, is_called)`` differs. Nobody else may write meanwhile (the resetter ends such
-sessions first); DDL done by a test is not undone.
+sessions first). DDL done by a test is detected in the same query (``_schema``), not undone:
+:func:`restore` then reports ``schema_changed`` and leaves the database to be replaced.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ import asyncpg
 
 from ._errors import ResetError
 from ._naming import quote_ident, quote_literal
+from ._order import closure, leaf_dependencies, parents_first
+from ._schema import TEMP_CTE, WATCHED, CatalogState, confirm, probe_sql, record
 
 # Above this size (live and dead rows) TRUNCATE beats DELETE: measured DELETE ~0.06 ms per 8 kB
 # page vs TRUNCATE 0.5 ms (tuned) to 5 ms (stock disk) per table, and it drags in FK referrers.
@@ -88,8 +91,9 @@ class Snapshot:
     truncate_with: Mapping[int, tuple[int, ...]]  # oid -> relations its TRUNCATE must include
     relation_names: Mapping[int, str]  # every table, partitioned ones included
     superuser: bool
-    detect_sql: str  # one query ($1: reference_xid): the index of every changed table or sequence
+    detect_sql: str  # one query: the index of every changed table or sequence, -1: the schema
     reference_xid: int  # rows with a younger xmin were written after capture or the last restore
+    catalog: CatalogState  # the schema as captured; shared by copies made with replace()
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class RestoreStats:
     truncated: tuple[str, ...] = ()  # those of tables_emptied that TRUNCATE emptied
     rows_restored: int = 0
     sequences_reset: tuple[str, ...] = ()
+    schema_changed: bool = False  # DDL since the last restore: nothing was restored, re-clone
 
 
 async def capture(conn: asyncpg.Connection) -> Snapshot:
@@ -118,8 +123,10 @@ async def capture(conn: asyncpg.Connection) -> Snapshot:
     for edge in edges:
         truncate_with[edge["target"]] = (*truncate_with.get(edge["target"], ()), edge["source"])
     names_by_oid = {row["oid"]: row["name"] for row in relations if row["kind"] != "S"}
-    detect = _detect_sql(tables, sequences)
-    return Snapshot(tables, sequences, truncate_with, names_by_oid, superuser, detect, xid)
+    watched = [row["oid"] for row in await conn.fetch(WATCHED)]
+    detect = _detect_sql(tables, sequences, watched)
+    catalog = await record(conn)
+    return Snapshot(tables, sequences, truncate_with, names_by_oid, superuser, detect, xid, catalog)
 
 
 async def restore(
@@ -127,30 +134,56 @@ async def restore(
 ) -> RestoreStats:
     """Put the database back to ``snapshot``: one query finds changes, one transaction undoes.
 
-    With superuser, ``conn`` stays in ``session_replication_role = replica``: each switch flushes
-    the session's cached plans (re-planning detection cost 1.2 ms at 50 tables).
+    When the schema changed, nothing is restored: ``schema_changed`` says the database must be
+    replaced. With superuser, ``conn`` stays in ``session_replication_role = replica``: each
+    switch flushes the session's cached plans (re-planning detection cost 1.2 ms at 50 tables).
     """
-    if not snapshot.detect_sql:
-        return RestoreStats()
-    cached = _PREPARED.get(conn)
-    if cached is None or cached[0] != snapshot.detect_sql:
-        cached = _PREPARED[conn] = (snapshot.detect_sql, await conn.prepare(snapshot.detect_sql))
-    changed = await cached[1].fetch(str(snapshot.reference_xid))
+    changed = await _detect(conn, snapshot)
+    if changed is None:
+        return RestoreStats(schema_changed=True)
     if not changed:
         return RestoreStats()
-    plan = _plan(snapshot, [(row["i"], row["size"]) for row in changed], truncate_above)
+    plan = _plan(snapshot, changed, truncate_above)
     try:
-        refilled_by = await _apply(conn, plan, snapshot.superuser)
+        xid = await _apply(conn, plan, snapshot.superuser)
     except asyncpg.PostgresError as exc:
         if conn.is_in_transaction():
             await conn.execute("ROLLBACK")
         raise ResetError(_failure_message(exc, snapshot.superuser)) from exc
-    if refilled_by is not None:  # the rows it copied back are as old as the template's
-        snapshot.reference_xid = refilled_by
+    if xid is not None:  # its own TRUNCATE and trigger switches are no schema change
+        snapshot.catalog.reference_xid = max(snapshot.catalog.reference_xid, xid)
+        if plan.refill:  # the rows it copied back are as old as the template's
+            snapshot.reference_xid = xid
     emptied = tuple(t.name for t in plan.emptied)
     truncated = tuple(t.name for t in plan.emptied if t in plan.cut)
     rows = sum(t.rows for t in plan.refill)
     return RestoreStats(emptied, truncated, rows, tuple(s.name for s in plan.sequences))
+
+
+async def _detect(conn: asyncpg.Connection, snapshot: Snapshot) -> list[tuple[int, int]] | None:
+    """``(index, size)`` of what changed; None when the schema changed (then nothing else counts).
+
+    A probe that fired, or a detection that failed (a captured table was dropped or renamed), is
+    confirmed by comparing the schema's digest: a false alarm moves the catalog reference on.
+    """
+    catalog = snapshot.catalog
+    args = (str(snapshot.reference_xid), str(catalog.reference_xid), catalog.counts)
+    try:
+        cached = _PREPARED.get(conn)
+        if cached is None or cached[0] != snapshot.detect_sql:
+            statement = await conn.prepare(snapshot.detect_sql)
+            cached = _PREPARED[conn] = (snapshot.detect_sql, statement)
+        rows = await cached[1].fetch(*args)
+    except asyncpg.PostgresError as exc:
+        if await confirm(conn, catalog):
+            return None
+        raise ResetError(f"could not detect what the test changed ({exc}); recreate it") from exc
+    changed = [(row["i"], row["size"]) for row in rows]
+    if any(i < 0 for i, _ in changed):
+        if await confirm(conn, catalog):
+            return None
+        changed = [(i, size) for i, size in changed if i >= 0]
+    return changed
 
 
 @dataclass(frozen=True)
@@ -170,7 +203,7 @@ def _plan(snapshot: Snapshot, changed: Sequence[tuple[int, int]], truncate_above
     count = len(snapshot.tables)
     tables = {snapshot.tables[i]: size for i, size in changed if i < count}
     roots = [t.oid for t, size in tables.items() if size > truncate_above or not snapshot.superuser]
-    cut_oids = _closure(snapshot.truncate_with, roots)
+    cut_oids = closure(snapshot.truncate_with, roots)
     cut = frozenset(t for t in snapshot.tables if t.oid in cut_oids)
     emptied = tuple(t for t in snapshot.tables if t in cut or t in tables)
     names = tuple(sorted(snapshot.relation_names[oid] for oid in cut_oids))
@@ -179,7 +212,11 @@ def _plan(snapshot: Snapshot, changed: Sequence[tuple[int, int]], truncate_above
 
 
 async def _apply(conn: asyncpg.Connection, plan: _Plan, superuser: bool) -> int | None:
-    """One script; with seed rows to put back, one COPY each and a closing script: their xid."""
+    """One script; with seed rows to put back, one COPY each and a closing script.
+
+    Returns the transaction's xid when it copied rows back or wrote to the catalogs (TRUNCATE
+    gives a new relfilenode, trigger switches update pg_trigger); None when it only DELETEd.
+    """
     firing = [(t, n, m) for t in plan.emptied for n, m in t.triggers if m in _FIRING[superuser]]
     role = "SET session_replication_role = replica" if superuser else "SET CONSTRAINTS ALL DEFERRED"
     head = ["BEGIN", role]
@@ -192,7 +229,7 @@ async def _apply(conn: asyncpg.Connection, plan: _Plan, superuser: bool) -> int 
     ]
     tail = [f"ALTER TABLE {t.name} {_ENABLE[m]} {quote_ident(n)}" for t, n, m in firing]
     tail.append("COMMIT")
-    if not plan.refill:
+    if not plan.refill and not plan.truncate and not firing:
         await conn.execute(";\n".join(head + tail))
         return None
     await conn.execute(";\n".join(head))
@@ -219,8 +256,12 @@ def _failure_message(exc: asyncpg.PostgresError, superuser: bool) -> str:
     return message
 
 
-def _detect_sql(tables: Sequence[Table], sequences: Sequence[SequenceState]) -> str:
-    """``(i, size)`` of each changed table, ``(len(tables) + j, 0)`` of each changed sequence."""
+def _detect_sql(
+    tables: Sequence[Table], sequences: Sequence[SequenceState], watched: Sequence[int]
+) -> str:
+    """``(i, size)`` of each changed table, ``(len(tables) + j, 0)`` of each changed sequence,
+    ``(-1, 0)`` when the catalogs may have changed ($1: data, $2: catalog reference, $3: counts).
+    """
     probes = []
     for i, t in enumerate(tables):
         select = f"SELECT {i} AS i, pg_relation_size({t.oid}::oid::regclass) AS size"
@@ -235,8 +276,12 @@ def _detect_sql(tables: Sequence[Table], sequences: Sequence[SequenceState]) -> 
         f"OR is_called <> {s.is_called} FROM {s.name})"
         for j, s in enumerate(sequences)
     ]
-    head = "WITH ref AS (SELECT age($1::text::xid8::xid) AS age)\n"
-    return head + "\nUNION ALL ".join(probes) if probes else ""
+    probes.append(probe_sql(watched))
+    head = (
+        "WITH ref AS (SELECT age($1::text::xid8::xid) AS age, age($2::text::xid8::xid) AS cat),\n"
+        f"{TEMP_CTE}\n"
+    )
+    return head + "\nUNION ALL ".join(probes)
 
 
 async def _tables(
@@ -247,7 +292,7 @@ async def _tables(
 ) -> tuple[Table, ...]:
     """Every table that holds rows, referenced before referencing, with its seed rows."""
     by_oid = {row["oid"]: row for row in relations}
-    ordered = [by_oid[oid] for oid in _parents_first(by_oid, _leaf_dependencies(kinds, edges))]
+    ordered = [by_oid[oid] for oid in parents_first(by_oid, leaf_dependencies(kinds, edges))]
     probes = [f"SELECT {i} AS i, count(*) FROM ONLY {r['name']}" for i, r in enumerate(ordered)]
     tables = []
     for row, count in zip(ordered, await _union(conn, probes), strict=True):
@@ -280,48 +325,3 @@ async def _copy_out(conn: asyncpg.Connection, table: asyncpg.Record) -> bytes:
         format="binary",
     )
     return b"".join(chunks)
-
-
-def _leaf_dependencies(
-    kinds: Mapping[int, str], edges: Iterable[asyncpg.Record]
-) -> dict[int, set[int]]:
-    """Table -> the tables its foreign keys point at, partitioned ones replaced by their leaves."""
-    children: dict[int, list[int]] = {}
-    for edge in edges:
-        if not edge["fk"] and kinds[edge["target"]] == "p":
-            children.setdefault(edge["target"], []).append(edge["source"])
-
-    def leaves(oid: int) -> set[int]:
-        if kinds[oid] == "r":
-            return {oid}
-        return {leaf for child in children.get(oid, ()) for leaf in leaves(child)}
-
-    depends: dict[int, set[int]] = {}
-    for edge in (e for e in edges if e["fk"]):
-        for source in leaves(edge["source"]):
-            depends.setdefault(source, set()).update(leaves(edge["target"]) - {source})
-    return depends
-
-
-def _parents_first(tables: Mapping[int, Any], depends: Mapping[int, set[int]]) -> list[int]:
-    """Referenced tables before referencing ones; an FK cycle is broken in name order."""
-    placed: set[int] = set()
-    order: list[int] = []
-    pending = sorted(tables, key=lambda oid: tables[oid]["name"])
-    while pending:
-        ready = [oid for oid in pending if depends.get(oid, set()) <= placed] or pending[:1]
-        order += ready
-        placed.update(ready)
-        pending = [oid for oid in pending if oid not in placed]
-    return order
-
-
-def _closure(graph: Mapping[int, Iterable[int]], roots: Iterable[int]) -> set[int]:
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack:
-        oid = stack.pop()
-        if oid not in seen:
-            seen.add(oid)
-            stack.extend(graph.get(oid, ()))
-    return seen

@@ -10,10 +10,24 @@ from ._errors import (
     ResetError,
     ServerUnavailableError,
 )
-from ._provision import WorkerDatabase
 from ._server import ServerInfo
 from ._template import TemplateInfo
 from ._version import __version__
+from ._worker import WorkerDatabase
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .fixtures import async_worker_database
+
+
+def __getattr__(name: str) -> object:
+    """``async_worker_database`` is pytest-facing: imported on use, so the CLI needs no pytest."""
+    if name == "async_worker_database":
+        from .fixtures import async_worker_database
+
+        return async_worker_database
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigurationError",
@@ -28,4 +42,5 @@ __all__ = [
     "TemplateInfo",
     "WorkerDatabase",
     "__version__",
+    "async_worker_database",
 ]

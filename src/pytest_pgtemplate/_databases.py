@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -24,6 +25,13 @@ async def state(admin: asyncpg.Connection, name: str) -> str:
     if row is None:
         return "missing"
     return "finished" if row["finished"] else "unfinished"
+
+
+async def read_marker(admin: asyncpg.Connection, name: str) -> Marker | None:
+    comment = await admin.fetchval(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
+    )
+    return Marker.from_comment(comment)
 
 
 async def create_empty(admin: asyncpg.Connection, name: str, marker: Marker) -> None:
@@ -54,6 +62,14 @@ async def terminate_connections(admin: asyncpg.Connection, name: str) -> list[in
     return [row["pid"] for row in rows]
 
 
+async def drop_own(admin: asyncpg.Connection, name: str, run_id: str) -> None:
+    """Drop a database this run created: its marker (or its unmarked name) must say so now."""
+    marker = await read_marker(admin, name)
+    ours = marker.run_id == run_id if marker else name.startswith(f"pgtemplate_{run_id}_")
+    if ours:
+        await drop(admin, name)
+
+
 async def drop(admin: asyncpg.Connection, name: str) -> None:
     """Drop even a template with live connections (a template must be unmarked first)."""
     exists = await admin.fetchval("SELECT datistemplate FROM pg_database WHERE datname = $1", name)
@@ -64,11 +80,26 @@ async def drop(admin: asyncpg.Connection, name: str) -> None:
     await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
 
 
+@dataclass(frozen=True)
+class CloneOptions:
+    strategy: str | None
+    """``FILE_COPY``, ``WAL_LOG`` or None (PostgreSQL 14 and older have no STRATEGY clause)."""
+    durable: bool = False
+    """False: ``synchronous_commit = off`` on the clone, which never needs to survive a crash."""
+
+
+def clone_options(server_major: int, fsync: bool, *, durable: bool) -> CloneOptions:
+    """FILE_COPY pays two checkpoints, cheap without fsync; WAL_LOG wins on a durable disk."""
+    if server_major < 15:
+        return CloneOptions(None, durable)
+    return CloneOptions("WAL_LOG" if fsync else "FILE_COPY", durable)
+
+
 async def clone(
-    admin: asyncpg.Connection, template: str, name: str, marker: Marker, *, file_copy: bool
+    admin: asyncpg.Connection, template: str, name: str, marker: Marker, options: CloneOptions
 ) -> None:
     """``CREATE DATABASE name TEMPLATE template``, retried while the template is briefly busy."""
-    strategy = " STRATEGY FILE_COPY" if file_copy else ""
+    strategy = f" STRATEGY {options.strategy}" if options.strategy else ""
     statement = f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}"
     deadline = time.monotonic() + _CLONE_RETRY_SECONDS
     delay = 0.01
@@ -83,6 +114,8 @@ async def clone(
             delay = min(delay * 2, 0.2)
     await set_marker(admin, name, marker)
     await copy_database_settings(admin, template, name)
+    if not options.durable:
+        await admin.execute(f"ALTER DATABASE {quote_ident(name)} SET synchronous_commit = off")
 
 
 async def copy_database_settings(admin: asyncpg.Connection, source: str, target: str) -> None:

@@ -1,25 +1,37 @@
-"""Which of the plugin's databases belong to a live run, across processes and machines.
+"""Which of the plugin's databases belong to a live run, and dropping those that do not.
 
-A worker holds a session-level advisory lock keyed by its database's name for as long as its
-admin connection lives; the server releases it when the process ends, however it ends (even
-SIGKILL, even on another machine). A database whose owner's lock is free is dead. A cloner also
-holds a shared lock on its template, so pruning never drops a template that a live run clones.
+A live process holds an advisory lock per database it owns, and a shared one per template it
+clones, on its lease connection (``_lease``). The listing's ``alive`` column reads pg_locks, for
+display only: a database is dropped only while this connection holds its owner's lock itself
+(``pg_try_advisory_lock`` succeeded), which a live owner makes impossible, at the moment of the
+DROP, not a moment before. The databases are listed first and judged second, so a worker that
+claims and creates its database meanwhile is simply not in the list.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import asyncpg
 
 from . import _databases
-from ._errors import PgTemplateError
+from ._lease import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
 from ._naming import PREFIX, Marker
 
-LIVENESS_CLASS = 0x70677476  # "pgtv"
-TEMPLATE_USE_CLASS = 0x70677475  # "pgtu"
+__all__ = [
+    "LIVENESS_CLASS",
+    "TEMPLATE_USE_CLASS",
+    "DropResult",
+    "Entry",
+    "dead_workers",
+    "drop_entries",
+    "inventory",
+    "lock_key",
+    "surplus_templates",
+]
 
 _INVENTORY = """
 SELECT d.datname AS name, shobj_description(d.oid, 'pg_database') AS comment,
@@ -30,11 +42,6 @@ _HELD_KEYS = """
 SELECT DISTINCT classid::bigint AS class, objid::bigint AS key FROM pg_locks
 WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint IN ($1, $2)
 """
-
-
-def lock_key(name: str) -> int:
-    """A non-negative int4, so it reads back unchanged from pg_locks.objid (an oid)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -51,33 +58,18 @@ class Entry:
         return self.marker.kind
 
 
-async def hold_liveness(admin: asyncpg.Connection, owner: str) -> None:
-    """Claim ``owner`` for this process; a live claim by another process is a name collision."""
-    if not await admin.fetchval(
-        "SELECT pg_try_advisory_lock($1, $2)", LIVENESS_CLASS, lock_key(owner)
-    ):
-        raise PgTemplateError(
-            f"database {owner} belongs to another live run; run ids must be unique per run"
-        )
-
-
-async def hold_template_use(admin: asyncpg.Connection, template: str) -> None:
-    await admin.execute(
-        "SELECT pg_advisory_lock_shared($1, $2)", TEMPLATE_USE_CLASS, lock_key(template)
-    )
-
-
 async def inventory(admin: asyncpg.Connection, *, sizes: bool = False) -> list[Entry]:
     """Every database carrying the plugin's marker; unmarked look-alikes are not ours.
 
     ``sizes`` walks every database's files: only ``pgtemplate list`` pays for it.
     """
+    rows = await admin.fetch(_INVENTORY, PREFIX.replace("_", "\\_") + "%", sizes)
     held = {
         (row["class"], row["key"])
         for row in await admin.fetch(_HELD_KEYS, LIVENESS_CLASS, TEMPLATE_USE_CLASS)
     }
     entries = []
-    for row in await admin.fetch(_INVENTORY, PREFIX.replace("_", "\\_") + "%", sizes):
+    for row in rows:
         marker = Marker.from_comment(row["comment"]) or _unmarked_worker(row["name"])
         if marker is not None:
             entries.append(
@@ -86,7 +78,7 @@ async def inventory(admin: asyncpg.Connection, *, sizes: bool = False) -> list[E
     return entries
 
 
-_WORKER_NAME = re.compile(r"pgtemplate_([0-9a-f]{12})_([a-z0-9_]+?)(_spare)?")
+_WORKER_NAME = re.compile(r"pgtemplate_([0-9a-f]{12})_([a-z0-9_]+?)(_spare|_empty\d+)?")
 
 
 def _unmarked_worker(name: str) -> Marker | None:
@@ -94,12 +86,13 @@ def _unmarked_worker(name: str) -> Marker | None:
 
     The two cannot share a transaction. The worker takes its liveness lock before creating the
     database, so an unmarked one with exactly this name shape is ours, and alive only while
-    that lock is held. Kept copies (``_failedN``) and templates are never guessed at.
+    that lock is held (spares and empty databases: their worker's lock). Kept copies
+    (``_failedN``) and templates are never guessed at.
     """
     match = _WORKER_NAME.fullmatch(name)
     if match is None or re.search(r"_failed\d+$", name):
         return None
-    owner = name.removesuffix("_spare") if match[3] else name
+    owner = name.removesuffix(match[3]) if match[3] else name
     return Marker("worker", run_id=match[1], owner=owner)
 
 
@@ -121,17 +114,54 @@ def surplus_templates(entries: list[Entry], project: str, keep: int) -> list[Ent
     return [entry for entry in templates[keep:] if not entry.alive]
 
 
-async def drop_entries(admin: asyncpg.Connection, entries: list[Entry]) -> None:
+@dataclass
+class DropResult:
+    dropped: list[Entry] = field(default_factory=list)
+    alive: list[Entry] = field(default_factory=list)
+    """Claimed by a live run when the drop was due: left alone."""
+    refused: list[str] = field(default_factory=list)
+    """One line each: what the server would not let this role drop, and why."""
+
+
+async def drop_entries(admin: asyncpg.Connection, entries: list[Entry]) -> DropResult:
+    """Drop each entry only while holding its owner's lock; never raises for one entry."""
+    result = DropResult()
     for entry in entries:
-        if entry.kind == "template":
-            key = lock_key(entry.name)
-            if not await admin.fetchval(
-                "SELECT pg_try_advisory_lock($1, $2)", TEMPLATE_USE_CLASS, key
-            ):
-                continue  # a run started cloning it since the inventory
-            try:
-                await _databases.drop(admin, entry.name)
-            finally:
-                await admin.execute("SELECT pg_advisory_unlock($1, $2)", TEMPLATE_USE_CLASS, key)
-        else:
-            await _databases.drop(admin, entry.name)
+        try:
+            async with _claimed(admin, entry) as claimed:
+                if not claimed:
+                    result.alive.append(entry)
+                elif await _still_ours(admin, entry):
+                    await _databases.drop(admin, entry.name)
+                    result.dropped.append(entry)
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError) as exc:
+            result.refused.append(f"{entry.name}: {exc}")
+    return result
+
+
+@asynccontextmanager
+async def _claimed(admin: asyncpg.Connection, entry: Entry) -> AsyncIterator[bool]:
+    """Hold the lock a live owner would hold; kept copies have no owner (``gc --kept``)."""
+    if entry.kind == "kept":
+        yield True
+        return
+    lock_class = TEMPLATE_USE_CLASS if entry.kind == "template" else LIVENESS_CLASS
+    key = lock_key(entry.name if entry.kind == "template" else entry.marker.owner or entry.name)
+    claimed = await admin.fetchval("SELECT pg_try_advisory_lock($1, $2)", lock_class, key)
+    try:
+        yield bool(claimed)
+    finally:
+        if claimed:
+            await admin.execute("SELECT pg_advisory_unlock($1, $2)", lock_class, key)
+
+
+async def _still_ours(admin: asyncpg.Connection, entry: Entry) -> bool:
+    """Right before the DROP: the database still carries the marker it was listed with."""
+    comment = await admin.fetchval(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+        entry.name,
+    )
+    if comment is None:
+        exists = await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", entry.name)
+        return bool(exists) and _unmarked_worker(entry.name) is not None
+    return Marker.from_comment(comment) == entry.marker

@@ -47,6 +47,11 @@ def spare_name(worker_database: str) -> str:
     return f"{worker_database}_spare"
 
 
+def empty_name(worker_database: str, number: int) -> str:
+    """A database from template0 for one test (``pg_empty_database``): migration tests."""
+    return f"{worker_database}_empty{number}"
+
+
 def kept_name(worker_database: str, number: int) -> str:
     """A copy of a failed test's database, kept for inspection (``--pgtemplate-keep-failed``)."""
     return f"{worker_database}_failed{number}"
@@ -73,6 +78,8 @@ class Marker:
     project: str = ""
     created: str = ""
     """ISO 8601, UTC."""
+    alembic: str = ""
+    """Templates: the alembic revision(s) the template holds, space separated."""
 
     def to_comment(self) -> str:
         fields = {k: v for k, v in vars(self).items() if v}

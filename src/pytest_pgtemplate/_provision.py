@@ -7,55 +7,36 @@ each be overridden in a user's conftest (pytest-django style) without the rest n
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 from sqlalchemy.engine import URL, make_url
 
+from . import _databases
 from ._aio import BackgroundLoop
+from ._databases import clone_options
 from ._embedded import read_running
 from ._errors import ConfigurationError
-from ._liveness import (
-    dead_workers,
-    drop_entries,
-    hold_liveness,
-    hold_template_use,
-    inventory,
-    surplus_templates,
-)
+from ._lease import Lease
+from ._liveness import DropResult, Entry, dead_workers, drop_entries, inventory, surplus_templates
 from ._local_server import LocalServerRequest, ensure_started
 from ._local_server import describe as describe_local
-from ._migrate import AlembicMigrator, CallableMigrator, Migrator
-from ._naming import Marker, now_iso, template_name, worker_database_name
-from ._reset import LeakedBackend
-from ._server import ServerInfo, connect, describe
+from ._migrate import Migrator, build_migrator
+from ._naming import Marker, empty_name, now_iso, template_name, worker_database_name
+from ._server import DRIVER_ERRORS, ServerInfo, connect, describe, driver_errors
 from ._settings import Settings
 from ._template import BuildRequest, TemplateInfo, ensure_template, template_fingerprint
-from ._urls import for_database, libpq, parse_server_url, with_driver
-from ._worker import Origin, WorkerSlot
+from ._urls import libpq, parse_server_url
+from ._worker import Origin, WorkerDatabase, create_worker_database, worker_database
 
+_SEE_LOG = "See the server's log; the run drops what it created."
 NO_URL_MESSAGE = (
     "pytest-pgtemplate needs a PostgreSQL server: set pgtemplate_url in your pytest config, "
     "PGTEMPLATE_URL in the environment, or pass --pgtemplate-url, e.g. "
     "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-
-
-@dataclass(frozen=True)
-class WorkerDatabase:
-    """This worker's own database, cloned from the template (the ``pg_worker_database`` fixture)."""
-
-    name: str
-    url: str
-    """``postgresql+asyncpg://`` URL for create_async_engine; drop ``+asyncpg`` for psql."""
-    sync_url: str
-    """``postgresql+psycopg://`` URL for a synchronous SQLAlchemy engine (needs psycopg)."""
-
-    @property
-    def libpq_url(self) -> str:
-        """``postgresql://`` form, for psql, pg_dump and asyncpg.connect."""
-        return libpq(make_url(self.url))
 
 
 @dataclass(frozen=True)
@@ -84,6 +65,9 @@ class Report:
     clones: int = 0
     resets: int = 0
     swept: int = 0
+    sweep_problems: list[str] = field(default_factory=list)
+    """What a sweep could not drop, or why it could not run: warned about, never a failure."""
+    lease_renewals: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return dict(vars(self))
@@ -91,18 +75,24 @@ class Report:
 
 @dataclass
 class Provisioner:
+    """Settings, identity and the run report; the steps a fixture chain calls, one per link."""
+
     settings: Settings
     identity: RunIdentity
     rootdir: Path
     loop: BackgroundLoop = field(default_factory=BackgroundLoop)
     report: Report = field(default_factory=Report)
     _admins: dict[str, asyncpg.Connection] = field(default_factory=dict)
-    _slots: dict[str, WorkerSlot] = field(default_factory=dict)
-    generation: int = 0
-    """Bumped whenever a worker database is re-created: cached engines must drop their pools."""
+    _leases: dict[str, Lease] = field(default_factory=dict)
+    _created: list[WorkerDatabase] = field(default_factory=list)
+    """Every database this process made or is making, registered before its CREATE."""
+    _servers: dict[str, URL] = field(default_factory=dict)
+    """The admin URL each database without state of its own (empty databases) lives on."""
+    _migrator: Migrator | None = None
+    _empties: int = 0
 
     def server_url(self) -> URL:
-        """The server named by the settings, or started by the owner; None: start on first use."""
+        """The server named by the settings, or started by the owner before the workers."""
         given = self.settings.url.value or self.identity.server_url
         if not given:
             raise ConfigurationError(NO_URL_MESSAGE)
@@ -122,9 +112,7 @@ class Provisioner:
 
     def worker_urls(self, server_url: URL) -> WorkerDatabase:
         """Deterministic, so they can be exported before the database exists (no connection)."""
-        name = self.worker_database_name()
-        url = for_database(server_url, name)
-        return WorkerDatabase(name, with_driver(url, "asyncpg"), with_driver(url, "psycopg"))
+        return worker_database(libpq(server_url), self.worker_database_name())
 
     def connect_server(self, lock_dir: Path) -> ServerInfo:
         """``lock_dir`` is shared by the run's workers: the plugin's own server starts once."""
@@ -142,8 +130,9 @@ class Provisioner:
             self.report.server_started = here
         admin = self._admin(url)
         info = self.loop.run(describe(admin, url, started=started))
+        self.loop.run(self.lease(url).ensure())
         self.report.server = note
-        self.loop.run(self._sweep(admin))
+        self._sweep(admin)
         return info
 
     def sweep_after_crash(self) -> None:
@@ -153,24 +142,34 @@ class Provisioner:
             running = read_running(self.local_server().cache, self.identity.owner_pid)
             url = running.url if running is not None else None
         if url:
-            self.loop.run(self._sweep(self._admin(parse_server_url(url))))
+            self._sweep(self._admin(parse_server_url(url)))
 
-    async def _prune_templates(self, admin: asyncpg.Connection) -> None:
-        surplus = surplus_templates(
-            await inventory(admin), self.rootdir.name, self.settings.keep_templates
-        )
-        await drop_entries(admin, surplus)
+    def _sweep(self, admin: asyncpg.Connection) -> None:
+        """Drop the databases of runs that died without cleaning up; never fails a test."""
+        result = self._drop_safely(admin, dead_workers, "sweeping dead runs' databases")
+        self.report.swept += len(result.dropped)
 
-    async def _sweep(self, admin: asyncpg.Connection) -> None:
-        """Drop the databases of runs that died without cleaning up (never a live run's)."""
-        dead = dead_workers(await inventory(admin))
-        await drop_entries(admin, dead)
-        self.report.swept += len(dead)
+    def _prune_templates(self, admin: asyncpg.Connection) -> None:
+        def surplus(entries: list[Entry]) -> list[Entry]:
+            return surplus_templates(entries, self.settings.project, self.settings.keep_templates)
+
+        self._drop_safely(admin, surplus, "dropping old templates")
+
+    def _drop_safely(
+        self, admin: asyncpg.Connection, choose: Callable[[list[Entry]], list[Entry]], what: str
+    ) -> DropResult:
+        try:
+            result = self.loop.run(drop_entries(admin, choose(self.loop.run(inventory(admin)))))
+        except DRIVER_ERRORS as exc:
+            self.report.sweep_problems.append(f"{what} failed: {type(exc).__name__}: {exc}")
+            return DropResult()
+        self.report.sweep_problems += [f"{what}: left {line}" for line in result.refused]
+        return result
 
     def template(self, server: ServerInfo, lock_dir: Path) -> TemplateInfo:
         """``lock_dir`` must be shared by every worker of the run (it holds the file lock)."""
         migrator = self.migrator()
-        fingerprint = template_fingerprint(migrator, server.major)
+        fingerprint = template_fingerprint(migrator, server.major, server.role)
         url = make_url(server.url)
         request = BuildRequest(
             name=template_name(fingerprint),
@@ -180,21 +179,24 @@ class Provisioner:
             lock_dir=lock_dir,
             lock_timeout=self.settings.lock_timeout,
             run_id=self.identity.run_id,
-            project=self.rootdir.name,
+            project=self.settings.project,
         )
         admin = self._admin(url)
-        info = ensure_template(self.loop, admin, request)
+        with driver_errors(
+            f"looking up or building template {request.name}",
+            "The half-built template, if any, was dropped; see the server's log.",
+        ):
+            info = ensure_template(self.loop, admin, self.lease(url), request)
         if not info.reused:
-            self.loop.run(self._prune_templates(admin))
+            self._prune_templates(admin)
         self.report.template, self.report.built = info.name, not info.reused
         self.report.build_seconds = info.build_seconds
         return info
 
     def migrator(self) -> Migrator:
-        if self.settings.migrate:
-            return CallableMigrator(self.settings.migrate, self.settings.export_env)
-        assert self.settings.alembic_ini is not None
-        return AlembicMigrator(self.settings.alembic_ini, self.settings.export_env)
+        if self._migrator is None:
+            self._migrator = build_migrator(self.settings, self.rootdir)
+        return self._migrator
 
     def create_worker_database(self, server: ServerInfo, template: TemplateInfo) -> WorkerDatabase:
         url = make_url(server.url)
@@ -204,64 +206,97 @@ class Provisioner:
             run_id=self.identity.run_id,
             template=template.name,
             owner=database.name,
+            project=self.settings.project,
             created=now_iso(),
         )
         origin = Origin(
-            server_url=url,
+            server_url=server.url,
             template=template.name,
             marker=marker,
-            file_copy=not server.fsync,
+            clone=clone_options(server.major, server.fsync, durable=self.settings.durable),
             connect_timeout=self.settings.connect_timeout,
+            leak_grace=self.settings.leak_grace,
         )
         started = time.perf_counter()
-        admin = self._admin(url)
-        self.loop.run(hold_liveness(admin, database.name))  # before the database exists
-        self.loop.run(hold_template_use(admin, template.name))
-        slot = WorkerSlot(database.name, origin, self.loop, admin)
-        slot.create()
+        self._created.append(database)  # registered for dropping before anything is created
+        create_worker_database(
+            database,
+            origin,
+            loop=self.loop,
+            lease=self.lease(url),
+            admin=lambda: self._admin(url),
+            on_reset=self._count,
+        )
         self.report.clone_seconds += time.perf_counter() - started
         self.report.clones += 1
-        self._slots[database.name] = slot
-        if self.settings.reset == "recreate":
-            slot.prepare_spare()
         return database
 
-    def ensure_clean(self, database: WorkerDatabase) -> None:
-        """A database whose reset failed is re-cloned before the next test may use it."""
-        slot = self._slots[database.name]
-        if slot.dirty:
-            slot.recreate()
-            self.generation += 1
+    def create_empty_database(self, server: ServerInfo) -> WorkerDatabase:
+        """From template0, owned by the role in use; claimed like the worker's, so swept alike."""
+        url = make_url(server.url)
+        owner = self.worker_database_name()
+        self._empties += 1
+        database = worker_database(server.url, empty_name(owner, self._empties))
+        marker = Marker(
+            "worker",
+            run_id=self.identity.run_id,
+            owner=owner,
+            project=self.settings.project,
+            created=now_iso(),
+        )
+        options = clone_options(server.major, server.fsync, durable=self.settings.durable)
+        self._created.append(database)
+        self._servers[database.name] = url
+        with driver_errors(f"creating the empty database {database.name}", _SEE_LOG):
+            self.loop.run(self.lease(url).claim(owner))
+            self.loop.run(
+                _databases.clone(self._admin(url), "template0", database.name, marker, options)
+            )
+        return database
 
-    def reset(self, database: WorkerDatabase, strategy: str) -> list[LeakedBackend]:
-        slot = self._slots[database.name]
-        if strategy == "recreate":
-            leaked = slot.recreate()
-            self.generation += 1
-        else:
-            leaked = slot.reset(strategy)
+    def drop_database(self, database: WorkerDatabase) -> None:
+        """Drop a database this process created (after proving it is this run's, right then)."""
+        if database in self._created:
+            self._created.remove(database)
+        if database.has_state:
+            database.drop()
+            return
+        url = self._servers.pop(database.name, None)
+        if url is None:
+            return
+        with driver_errors(f"dropping {database.name}", _SEE_LOG):
+            self.loop.run(self.lease(url).ensure())
+            run_id = self.identity.run_id
+            self.loop.run(_databases.drop_own(self._admin(url), database.name, run_id))
+
+    def _count(self) -> None:
         self.report.resets += 1
-        return leaked
 
-    def keep_copy(self, database: WorkerDatabase) -> str:
-        """Copy a failed test's database for inspection; returns the copy's URL."""
-        url = self._slots[database.name].keep_copy()
-        self.generation += 1  # the copy ended every connection, pooled ones too
-        return url
+    def drop_worker_databases(self) -> None:
+        """At the end of the run: every database this process registered, created or not."""
+        for database in list(self._created):
+            self.drop_database(database)
 
-    def drop_worker_database(self, server: ServerInfo, database: WorkerDatabase) -> None:
-        slot = self._slots.pop(database.name, None)
-        if slot is not None:
-            slot.drop()
+    def lease(self, url: URL) -> Lease:
+        key = libpq(url)
+        if key not in self._leases:
+            self._leases[key] = Lease(url, self.settings.connect_timeout)
+        return self._leases[key]
+
+    def lease_renewals(self) -> int:
+        return sum(lease.renewals for lease in self._leases.values())
 
     def close(self) -> None:
-        for slot in self._slots.values():
-            slot.close_connection()
-        for conn in self._admins.values():
-            self.loop.run(conn.close())
-        self._slots.clear()
-        self._admins.clear()
-        self.loop.close()
+        try:
+            self.drop_worker_databases()
+        finally:
+            for lease in self._leases.values():
+                self.loop.run(lease.close())
+            for conn in self._admins.values():
+                self.loop.run(conn.close())
+            self._leases.clear()
+            self._admins.clear()
+            self.loop.close()
 
     def _admin(self, url: URL) -> asyncpg.Connection:
         key = libpq(url)

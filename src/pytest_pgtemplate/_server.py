@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import asyncpg
 from sqlalchemy.engine import URL
 
-from ._errors import InsufficientPrivilegeError, ServerUnavailableError
+from ._errors import InsufficientPrivilegeError, PgTemplateError, ServerUnavailableError
 from ._urls import libpq, redacted
 
+MIN_VERSION_NUM = (
+    140000  # the oldest major the test suite runs on (13 would lack idle_session_timeout)
+)
 _HOW_TO_FIX = (
     "Set pgtemplate_url (ini), PGTEMPLATE_URL (env) or --pgtemplate-url to the URL of a "
     "running server's maintenance database, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
@@ -27,6 +32,8 @@ class ServerInfo:
     started_by_plugin: bool
     superuser: bool
     fsync: bool
+    role: str = ""
+    """The role the plugin works as: it owns the template, so it is part of the fingerprint."""
 
     @property
     def major(self) -> int:
@@ -69,6 +76,12 @@ async def describe(conn: asyncpg.Connection, url: URL, *, started: bool) -> Serv
         " current_setting('fsync') = 'on' AS fsync, r.rolsuper, r.rolcreatedb, r.rolname"
         " FROM pg_roles r WHERE r.rolname = current_user"
     )
+    if row["version_num"] < MIN_VERSION_NUM:
+        raise ServerUnavailableError(
+            f"{redacted(url)} runs {row['version'].split(',')[0]}; pytest-pgtemplate needs "
+            "PostgreSQL 14 or newer (tested on 14 to 18). Point pgtemplate_url at a newer server, "
+            "or unset it to let the plugin start its own."
+        )
     if not (row["rolsuper"] or row["rolcreatedb"]):
         role = row["rolname"]
         raise InsufficientPrivilegeError(
@@ -83,4 +96,21 @@ async def describe(conn: asyncpg.Connection, url: URL, *, started: bool) -> Serv
         started_by_plugin=started,
         superuser=row["rolsuper"],
         fsync=row["fsync"],
+        role=row["rolname"],
     )
+
+
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+@contextmanager
+def driver_errors(action: str, fix: str) -> Iterator[None]:
+    """A driver error becomes one line that says what the plugin was doing and what to do."""
+    try:
+        yield
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise InsufficientPrivilegeError(
+            f"{action} failed: the role may not do this ({exc}). {fix}"
+        ) from None
+    except DRIVER_ERRORS as exc:
+        raise PgTemplateError(f"{action} failed: {type(exc).__name__}: {exc}. {fix}") from None

@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
@@ -25,7 +25,8 @@ from . import _databases
 from ._aio import BackgroundLoop
 from ._errors import LockTimeoutError, MigrationError, PgTemplateError
 from ._fingerprint import hash_parts
-from ._migrate import Migrator
+from ._lease import Lease
+from ._migrate import Migrator, Verified
 from ._naming import Marker, now_iso
 from ._urls import for_database
 from ._version import __version__
@@ -61,12 +62,14 @@ class BuildRequest:
         return self.lock_dir / f"{self.name}.{self.run_id}.failed"
 
 
-def template_fingerprint(migrator: Migrator, server_major: int) -> str:
-    """What decides the template's content: the migrations, the plugin's and server's majors."""
+def template_fingerprint(migrator: Migrator, server_major: int, role: str = "") -> str:
+    """What decides the template's content: the migrations, the plugin's and server's majors,
+    and the role that owns its objects (another role could not reset tables it does not own)."""
     return hash_parts(
         [
             ("plugin", __version__.split(".")[0].encode()),
             ("server", str(server_major).encode()),
+            ("role", role.encode()),
             *migrator.fingerprint_parts(),
         ]
     )
@@ -80,20 +83,30 @@ def build_lock_key(name: str) -> tuple[int, int]:
 
 
 def ensure_template(
-    loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest
+    loop: BackgroundLoop, admin: asyncpg.Connection, lease: Lease, request: BuildRequest
 ) -> TemplateInfo:
-    """Return the finished template, building it under both locks if nobody has yet."""
-    if loop.run(_databases.state(admin, request.name)) == "finished":
+    """Return the finished template, building it under both locks if nobody has yet.
+
+    The lease's shared use lock comes first: from then on no prune can drop the template.
+    """
+    loop.run(lease.use_template(request.name))
+    if _trusted(loop, admin, request):
         return TemplateInfo(request.name, request.fingerprint, reused=True)
     with _file_lock(request), _advisory_lock(loop, admin, request):
         if request.failure_note.exists():
             raise MigrationError(request.failure_note.read_text())
-        state = loop.run(_databases.state(admin, request.name))
-        if state == "finished":
+        if _trusted(loop, admin, request):
             return TemplateInfo(request.name, request.fingerprint, reused=True)
-        if state == "unfinished":
-            loop.run(_databases.drop(admin, request.name))
+        loop.run(_databases.drop(admin, request.name))  # unfinished, or built from other heads
         return _build(loop, admin, request)
+
+
+def _trusted(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest) -> bool:
+    """Finished (marked as the build's last step) and at the migrations' current heads."""
+    if loop.run(_databases.state(admin, request.name)) != "finished":
+        return False
+    marker = loop.run(_databases.read_marker(admin, request.name))
+    return marker is not None and request.migrator.heads_match(marker.alembic)
 
 
 def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest) -> TemplateInfo:
@@ -103,7 +116,12 @@ def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildReques
     )
     loop.run(_databases.create_empty(admin, request.name, marker))
     try:
-        _run_without_event_loop(request.migrator, for_database(request.server_url, request.name))
+        verified = _run_without_event_loop(
+            request.migrator, for_database(request.server_url, request.name)
+        )
+        if verified.marker_text:
+            marker = replace(marker, alembic=verified.marker_text)
+            loop.run(_databases.set_marker(admin, request.name, marker))
         loop.run(_databases.mark_finished(admin, request.name))
     except BaseException as exc:
         loop.run(_databases.drop(admin, request.name))
@@ -118,11 +136,16 @@ def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildReques
     )
 
 
-def _run_without_event_loop(migrator: Migrator, url: URL) -> None:
+def _migrate_and_verify(migrator: Migrator, url: URL) -> Verified:
+    migrator.migrate(url)
+    return migrator.verify(url)
+
+
+def _run_without_event_loop(migrator: Migrator, url: URL) -> Verified:
     """Alembic's async env.py calls asyncio.run(): give it a thread with no running loop."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgtemplate-migrate") as pool:
         try:
-            pool.submit(migrator.migrate, url).result()
+            return pool.submit(_migrate_and_verify, migrator, url).result()
         except PgTemplateError:
             raise
         except Exception as exc:

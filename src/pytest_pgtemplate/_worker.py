@@ -1,84 +1,204 @@
-"""One worker's database: cloned from the template, reset after tests, swapped, kept, dropped.
+"""One worker's database: cloned from the template, reset around tests, swapped, kept, dropped.
 
-``recreate`` never waits for a clone: a spare clone is prepared in the background while the
-next test runs, and swapped in by rename.
+``WorkerDatabase`` is what the ``pg_worker_database`` fixture returns, and it carries its own
+state: a conftest that wraps the fixture hands the same object on, and everything downstream
+(``pg_database``, engines, ``--pgtemplate-keep-failed``) asks the object, not a registry.
+``recreate`` never waits for a clone: a spare is prepared in the background during the next
+test, and swapped in by rename.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import make_url
 
 from . import _databases
 from ._aio import BackgroundLoop
-from ._errors import ResetError
+from ._databases import CloneOptions
+from ._errors import PgTemplateError, ResetError
+from ._lease import Lease
 from ._naming import Marker, kept_name, quote_ident, spare_name
-from ._reset import LeakedBackend, Resetter, open_resetter
-from ._server import connect
+from ._reset import LeakedBackend, ResetOutcome, Resetter, open_resetter
+from ._server import DRIVER_ERRORS, connect, driver_errors
 from ._snapshot import Snapshot
-from ._urls import for_database, libpq
+from ._urls import for_database, libpq, with_driver
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_RECLONE = "it will be re-cloned from the template before the next test"
 
 
 @dataclass(frozen=True)
 class Origin:
     """Where a worker database comes from, and how to reach the server."""
 
-    server_url: URL
+    server_url: str
     template: str
     marker: Marker
-    file_copy: bool
+    clone: CloneOptions
     connect_timeout: float
+    leak_grace: float
+
+
+@dataclass(eq=False)
+class WorkerDatabase:
+    """This worker's own database (the ``pg_worker_database`` fixture).
+
+    ``url`` is ``postgresql+asyncpg://`` for ``create_async_engine``; ``sync_url`` is
+    ``postgresql+psycopg://``; ``libpq_url`` the ``postgresql://`` form for psql and asyncpg.
+    ``generation`` grows whenever the database is replaced (``recreate``, a kept copy, a failed
+    reset): pooled connections of an engine built before then point at a dropped database, so
+    engines a project builds itself should watch it or use ``pool_pre_ping``.
+    """
+
+    name: str
+    url: str
+    sync_url: str
+    _slot: _Slot | None = field(default=None, repr=False)
+
+    @property
+    def libpq_url(self) -> str:
+        return libpq(make_url(self.url))
+
+    @property
+    def has_state(self) -> bool:
+        """Made by the plugin's fixture chain (it can reset, recreate, keep and drop itself)."""
+        return self._slot is not None
+
+    @property
+    def generation(self) -> int:
+        return self._slot.generation if self._slot else 0
+
+    def engine_options(self) -> dict[str, object]:
+        """Keyword arguments for an engine a project builds itself on ``url`` or ``sync_url``.
+
+        ``pool_pre_ping`` replaces pooled connections that a re-clone ended (``recreate``, a
+        kept copy, a failed reset): the engine keeps working across them.
+        """
+        return {"pool_pre_ping": True}
+
+    def ensure_clean(self) -> ResetOutcome:
+        """Before a test: re-clone a database whose reset failed, undo writes made meanwhile."""
+        return self._state().ensure_clean()
+
+    def reset(self, strategy: str) -> ResetOutcome:
+        """After a test: put the database back to the template's state with ``strategy``."""
+        return self._state().reset(strategy)
+
+    def recreate(self) -> tuple[LeakedBackend, ...]:
+        """Replace the database by a fresh clone of the template."""
+        return self._state().recreate()
+
+    def keep_copy(self) -> str:
+        """Copy the database as it is now, for inspection; returns the copy's libpq URL."""
+        return self._state().keep_copy()
+
+    def drop(self) -> None:
+        if self._slot is not None:
+            self._slot.drop()
+
+    def _state(self) -> _Slot:
+        if self._slot is None:
+            raise PgTemplateError(
+                f"{self.name} was not created by pytest-pgtemplate's pg_worker_database fixture; "
+                "an overriding fixture must return (or wrap) the plugin's own object"
+            )
+        return self._slot
+
+
+def worker_database(server_url: str, name: str) -> WorkerDatabase:
+    """Names and URLs only: deterministic, so they can be exported before the database exists."""
+    url = for_database(make_url(server_url), name)
+    return WorkerDatabase(name, with_driver(url, "asyncpg"), with_driver(url, "psycopg"))
+
+
+def create_worker_database(
+    database: WorkerDatabase,
+    origin: Origin,
+    *,
+    loop: BackgroundLoop,
+    lease: Lease,
+    admin: Callable[[], asyncpg.Connection],
+    on_reset: Callable[[], None],
+) -> WorkerDatabase:
+    """Claim the name, register for dropping, then clone: a failure leaves nothing undroppable."""
+    loop.run(lease.claim(database.name))
+    slot = _Slot(database.name, origin, loop, lease, admin, on_reset)
+    database._slot = slot
+    slot.create()
+    return database
 
 
 @dataclass
-class WorkerSlot:
+class _Slot:
     name: str
     origin: Origin
     loop: BackgroundLoop
-    admin: asyncpg.Connection
+    lease: Lease
+    _admin: Callable[[], asyncpg.Connection]
+    """The process's admin connection (reconnected when lost); never the lease's."""
+    on_reset: Callable[[], None]
     resetter: Resetter | None = None
     snapshot: Snapshot | None = None
     """The pristine clone's state; kept across reconnects, renewed with every fresh clone."""
     dirty: bool = False
+    generation: int = 0
     _spare: concurrent.futures.Future[None] | None = field(default=None, repr=False)
     _kept: int = 0
 
     def create(self) -> None:
-        self.loop.run(_databases.drop(self.admin, self.name))
-        self._clone(self.name)
-        self.snapshot = None
-        self._open_resetter()
-
-    def reset(self, strategy: str) -> list[LeakedBackend]:
-        if self.resetter is None:
+        with self._errors(f"cloning {self.origin.template} into {self.name}"):
+            self._clone(self.name)
             self._open_resetter()
-        assert self.resetter is not None
+
+    def ensure_clean(self) -> ResetOutcome:
+        if self.dirty:
+            return ResetOutcome(self.recreate())
+        return self._run_reset(lambda resetter: resetter.ensure_pristine())
+
+    def reset(self, strategy: str) -> ResetOutcome:
+        self.on_reset()
+        if strategy == "recreate":
+            return ResetOutcome(self.recreate())
+        return self._run_reset(lambda resetter: resetter.reset(strategy))
+
+    def _run_reset(
+        self, action: Callable[[Resetter], Coroutine[Any, Any, ResetOutcome]]
+    ) -> ResetOutcome:
+        self.loop.run(self.lease.ensure())
         try:
-            return self.loop.run(self.resetter.reset(strategy))
-        except (*_DRIVER_ERRORS, ResetError) as exc:
+            if self.resetter is None:
+                self._open_resetter()
+            assert self.resetter is not None
+            outcome = self.loop.run(action(self.resetter))
+        except (*DRIVER_ERRORS, ResetError) as exc:
             self.dirty = True
             self.close_connection()
             raise ResetError(
-                f"resetting {self.name} failed ({type(exc).__name__}: {exc}); it will be "
-                "re-cloned from the template before the next test"
-            ) from exc
+                f"resetting {self.name} failed ({type(exc).__name__}: {exc}); {_RECLONE}"
+            ) from None
+        if outcome.schema_changed:
+            self.recreate()
+        return outcome
 
-    def recreate(self) -> list[LeakedBackend]:
+    def recreate(self) -> tuple[LeakedBackend, ...]:
         """Swap in a fresh clone: the spare if one is ready, a new clone otherwise."""
         leaked = self._end_leaked()
         self.close_connection()
-        self.loop.run(_databases.drop(self.admin, self.name))
-        if self._take_spare():
-            self.loop.run(self.admin.execute(self._rename(spare_name(self.name), self.name)))
-        else:
-            self._clone(self.name)
-        self.dirty = False
-        self._open_resetter()  # the snapshot stays valid: every clone of the template is alike
+        self.generation += 1
+        with self._errors(f"re-cloning {self.name} from {self.origin.template}"):
+            self.loop.run(self.lease.ensure())
+            self.loop.run(_databases.drop_own(self._admin(), self.name, self._run_id))
+            if self._take_spare():
+                self.loop.run(self._admin().execute(_rename(spare_name(self.name), self.name)))
+            else:
+                self._clone(self.name)
+            self.dirty = False
+            self._open_resetter()  # the snapshot stays valid: every clone of the template is alike
         self.prepare_spare()
         return leaked
 
@@ -91,34 +211,55 @@ class WorkerSlot:
         self._kept += 1
         name = kept_name(self.name, self._kept)
         self.close_connection()
-        self.loop.run(_databases.terminate_connections(self.admin, self.name))
-        marker = Marker("kept", run_id=self.origin.marker.run_id, template=self.origin.template)
-        self.loop.run(_databases.clone(self.admin, self.name, name, marker, file_copy=True))
-        return libpq(for_database(self.origin.server_url, name))
+        self.generation += 1  # the copy ends every connection, pooled ones too
+        with self._errors(f"keeping a copy of {self.name} as {name}"):
+            admin = self._admin()
+            self.loop.run(_databases.terminate_connections(admin, self.name))
+            marker = Marker(
+                "kept",
+                run_id=self._run_id,
+                template=self.origin.template,
+                project=self.origin.marker.project,
+            )
+            self.loop.run(_databases.clone(admin, self.name, name, marker, self.origin.clone))
+        return libpq(for_database(make_url(self.origin.server_url), name))
 
     def drop(self) -> None:
         self.close_connection()
         self._take_spare()
-        for name in (spare_name(self.name), self.name):
-            self.loop.run(_databases.drop(self.admin, name))
+        with self._errors(f"dropping {self.name}"):
+            self.loop.run(self.lease.ensure())
+            for name in (spare_name(self.name), self.name):
+                self.loop.run(_databases.drop_own(self._admin(), name, self._run_id))
+
+    def close_connection(self) -> None:
+        resetter, self.resetter = self.resetter, None
+        if resetter is not None:
+            try:
+                self.loop.run(resetter.close())
+            except DRIVER_ERRORS:
+                resetter.conn.terminate()
+
+    @property
+    def _run_id(self) -> str:
+        return self.origin.marker.run_id
+
+    def _errors(self, action: str) -> AbstractContextManager[None]:
+        return driver_errors(action, "See the server's log; the run drops what it created.")
 
     def _clone(self, name: str) -> None:
         origin = self.origin
         self.loop.run(
-            _databases.clone(
-                self.admin, origin.template, name, origin.marker, file_copy=origin.file_copy
-            )
+            _databases.clone(self._admin(), origin.template, name, origin.marker, origin.clone)
         )
 
     async def _clone_spare(self) -> None:
         """On a connection of its own: the admin connection stays free for the foreground."""
         origin, name = self.origin, spare_name(self.name)
-        conn = await connect(origin.server_url, origin.connect_timeout)
+        conn = await connect(make_url(origin.server_url), origin.connect_timeout)
         try:
-            await _databases.drop(conn, name)
-            await _databases.clone(
-                conn, origin.template, name, origin.marker, file_copy=origin.file_copy
-            )
+            await _databases.drop_own(conn, name, self._run_id)
+            await _databases.clone(conn, origin.template, name, origin.marker, origin.clone)
         finally:
             await conn.close()
 
@@ -128,32 +269,28 @@ class WorkerSlot:
             return False
         try:
             spare.result()
-        except _DRIVER_ERRORS:
+        except DRIVER_ERRORS:
             return False
         return True
 
-    def _end_leaked(self) -> list[LeakedBackend]:
+    def _end_leaked(self) -> tuple[LeakedBackend, ...]:
         if self.resetter is None:
-            return []
+            return ()
         try:
             return self.loop.run(self.resetter.end_leaked_backends())
-        except _DRIVER_ERRORS:
-            return []
+        except DRIVER_ERRORS:
+            return ()
 
     def _open_resetter(self) -> None:
-        dsn = libpq(for_database(self.origin.server_url, self.name))
-        timeout = self.origin.connect_timeout
-        self.resetter = self.loop.run(open_resetter(dsn, self.name, timeout, self.snapshot))
+        origin = self.origin
+        dsn = libpq(for_database(make_url(origin.server_url), self.name))
+        self.resetter = self.loop.run(
+            open_resetter(
+                dsn, self.name, origin.connect_timeout, self.snapshot, leak_grace=origin.leak_grace
+            )
+        )
         self.snapshot = self.resetter.snapshot
 
-    def close_connection(self) -> None:
-        resetter, self.resetter = self.resetter, None
-        if resetter is not None:
-            try:
-                self.loop.run(resetter.close())
-            except (*_DRIVER_ERRORS, TimeoutError):
-                resetter.conn.terminate()
 
-    @staticmethod
-    def _rename(old: str, new: str) -> str:
-        return f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(new)}"
+def _rename(old: str, new: str) -> str:
+    return f"ALTER DATABASE {quote_ident(old)} RENAME TO {quote_ident(new)}"

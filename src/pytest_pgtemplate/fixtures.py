@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +18,12 @@ from sqlalchemy.ext.asyncio import (
 
 from ._engines import BoundEngine, LoopRunner, pooled_engine, unbound_engine
 from ._errors import PgTemplateError, PgTemplateWarning
-from ._provision import Provisioner, WorkerDatabase
-from ._reset import LeakedBackend
+from ._provision import Provisioner
+from ._reset import ResetOutcome
 from ._server import ServerInfo
 from ._settings import RESET_STRATEGIES, choice_error
 from ._template import TemplateInfo
+from ._worker import WorkerDatabase
 
 _LOOP_SCOPES = ("function", "class", "module", "package", "session")
 _CURRENT_ENGINE = pytest.StashKey[BoundEngine]()
@@ -72,30 +74,47 @@ def pg_worker_database(
     with _user_errors():
         database = provisioner.create_worker_database(pg_server, pg_template)
     yield database
-    provisioner.drop_worker_database(pg_server, database)
+    try:
+        provisioner.drop_database(database)
+    except PgTemplateError as exc:
+        provisioner.report.sweep_problems.append(str(exc))
 
 
 @pytest.fixture
 def pg_database(
     request: pytest.FixtureRequest, pg_worker_database: WorkerDatabase
 ) -> Iterator[WorkerDatabase]:
-    """The worker database in the template's state; reset after the test."""
-    provisioner = _provisioner(request)
-    strategy = _reset_strategy(request)
+    """The worker database in the template's state when the test starts; reset after it."""
+    strategy = reset_strategy(request)
+    test = request.node.nodeid
     with _user_errors():
-        provisioner.ensure_clean(pg_worker_database)
+        before = pg_worker_database.ensure_clean()
+    _warn_about(before, f"before {test}, an earlier test", pg_worker_database)
     request.node.stash[USED_DATABASE] = pg_worker_database
     yield pg_worker_database
     with _user_errors():
-        leaked = provisioner.reset(pg_worker_database, strategy)
-    if leaked:
-        warnings.warn(_leak_warning(request.node.nodeid, pg_worker_database, leaked), stacklevel=1)
+        after = pg_worker_database.reset(strategy)
+    _warn_about(after, test, pg_worker_database)
+
+
+@pytest.fixture
+def pg_empty_database(
+    request: pytest.FixtureRequest, pg_server: ServerInfo
+) -> Iterator[WorkerDatabase]:
+    """An empty database (from template0, no migrations) for one test, e.g. a migration test."""
+    provisioner = _provisioner(request)
+    with _user_errors():
+        database = provisioner.create_empty_database(pg_server)
+    yield database
+    with _user_errors():
+        provisioner.drop_database(database)
 
 
 @pytest.fixture(autouse=True)
 def _pgtemplate_marker(request: pytest.FixtureRequest) -> None:
     """``@pytest.mark.pgtemplate`` means the test uses the database even without asking for it."""
     if request.node.get_closest_marker("pgtemplate") is not None:
+        reset_strategy(request)  # a malformed marker stops the test before any database work
         request.getfixturevalue("pg_database")
 
 
@@ -116,7 +135,7 @@ def pg_session(request: pytest.FixtureRequest, pg_engine: AsyncEngine) -> Iterat
     ``commit()`` works and the outer rollback undoes everything.
     """
     bound = request.node.stash[_CURRENT_ENGINE]
-    if _reset_strategy(request) == "rollback":
+    if reset_strategy(request) == "rollback":
         yield from _session_in_outer_transaction(bound)
         return
     session = AsyncSession(pg_engine, expire_on_commit=False)
@@ -154,7 +173,6 @@ def _session_in_outer_transaction(bound: BoundEngine) -> Iterator[AsyncSession]:
 
 
 def _bound_engine(request: pytest.FixtureRequest, database: WorkerDatabase) -> BoundEngine:
-    provisioner = _provisioner(request)
     scope = _loop_scope(request)
     bound: BoundEngine | None = None
     if scope is not None:
@@ -163,8 +181,8 @@ def _bound_engine(request: pytest.FixtureRequest, database: WorkerDatabase) -> B
         except pytest.FixtureLookupError:
             bound = None
     if bound is None:
-        bound = unbound_engine(database.url, provisioner.generation)
-    bound.refresh(provisioner.generation)
+        bound = unbound_engine(database.url, database.generation)
+    bound.refresh(database.generation)
     request.node.stash[_CURRENT_ENGINE] = bound
     return bound
 
@@ -196,7 +214,7 @@ def _make_engine_fixture(scope: str) -> object:
         request: pytest.FixtureRequest, pg_worker_database: WorkerDatabase
     ) -> Iterator[BoundEngine]:
         runner: LoopRunner = request.getfixturevalue(f"_{scope}_scoped_runner")
-        generation = _provisioner(request).generation
+        generation = pg_worker_database.generation
         if scope == "function":  # function loops never overlap: one engine serves them all
             shared: AsyncEngine = request.getfixturevalue("_pgtemplate_function_loop_engine")
             bound = BoundEngine(shared, runner, generation)
@@ -212,20 +230,58 @@ for _scope in _LOOP_SCOPES:
     globals()[f"_pgtemplate_engine_{_scope}"] = _make_engine_fixture(_scope)
 
 
-def _reset_strategy(request: pytest.FixtureRequest) -> str:
+def reset_strategy(request: pytest.FixtureRequest) -> str:
+    """The marker takes exactly ``reset=<strategy>``; anything else is a usage error."""
     marker = request.node.get_closest_marker("pgtemplate")
-    strategy = marker.kwargs.get("reset") if marker is not None else None
-    if strategy is None:
+    if marker is None:
         return _provisioner(request).settings.reset
+    strategy = marker.kwargs.get("reset")
+    if marker.args or set(marker.kwargs) != {"reset"}:
+        given = ", ".join(
+            [*map(repr, marker.args), *(f"{k}={v!r}" for k, v in marker.kwargs.items())]
+        )
+        pytest.fail(
+            f"@pytest.mark.pgtemplate takes exactly reset=<strategy> (got ({given})); write e.g. "
+            f'@pytest.mark.pgtemplate(reset="recreate"), strategy one of {list(RESET_STRATEGIES)}',
+            pytrace=False,
+        )
     if strategy not in RESET_STRATEGIES:
         pytest.fail(f"@pytest.mark.pgtemplate: {choice_error('reset', strategy)}", pytrace=False)
     return str(strategy)
 
 
-def _leak_warning(test: str, database: WorkerDatabase, leaked: list[LeakedBackend]) -> Warning:
-    details = "; ".join(f"pid {b.pid} {b.state}: {b.query!r}" for b in leaked)
-    return PgTemplateWarning(
-        f"{test} left {len(leaked)} connection(s) open inside a transaction on {database.name} "
-        f"({details}). pytest-pgtemplate ended them to reset the database; close sessions and "
-        "connections (async with AsyncSession(...)) before the test ends."
+def _warn_about(outcome: ResetOutcome, who: str, database: WorkerDatabase) -> None:
+    if outcome.leaked:
+        details = "; ".join(f"pid {b.pid} {b.state}: {b.query!r}" for b in outcome.leaked)
+        warnings.warn(
+            PgTemplateWarning(
+                f"{who} left {len(outcome.leaked)} connection(s) open inside a transaction on "
+                f"{database.name} ({details}). pytest-pgtemplate ended them to reset the "
+                "database; close sessions and connections (async with AsyncSession(...)) before "
+                "the test ends."
+            ),
+            stacklevel=1,
+        )
+    if outcome.schema_changed:
+        warnings.warn(
+            PgTemplateWarning(
+                f"{who} changed the schema of {database.name} (DDL: CREATE, ALTER, DROP...), "
+                "which a row-level reset cannot undo; the database was re-cloned from the "
+                'template. Mark such tests @pytest.mark.pgtemplate(reset="recreate").'
+            ),
+            stacklevel=1,
+        )
+
+
+async def async_worker_database(request: pytest.FixtureRequest) -> WorkerDatabase:
+    """``pg_worker_database`` for async fixtures, without blocking their event loop.
+
+    The first request may build the template and clone (seconds). Asked for synchronously from a
+    session-scoped async fixture, that would freeze its loop: servers and health checks on it
+    stop answering, and a migration that calls back into the loop would wait for ever. Awaited
+    here, the work runs on a thread while the loop keeps serving.
+    """
+    database: WorkerDatabase = await asyncio.to_thread(
+        request.getfixturevalue, "pg_worker_database"
     )
+    return database

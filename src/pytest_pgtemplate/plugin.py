@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Generator
 from dataclasses import replace
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from . import fixtures
+from . import fixtures, sync_fixtures
 from ._errors import ConfigurationError, PgTemplateError, PgTemplateWarning
 from ._local_server import describe as describe_local
 from ._local_server import start_now, stop_owned
@@ -68,6 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[PROVISIONER] = provisioner
     config.stash[_WORKER_REPORTS] = []
     config.pluginmanager.register(fixtures, "pgtemplate-fixtures")
+    config.pluginmanager.register(sync_fixtures, "pgtemplate-sync-fixtures")
     if not workerinput and settings.export_env and not settings.url.value:
         _start_local_server_now(provisioner)
     if config.pluginmanager.hasplugin("xdist"):
@@ -127,8 +129,11 @@ def pytest_runtest_makereport(
     provisioner = item.config.stash[PROVISIONER]
     database = item.stash.get(fixtures.USED_DATABASE, None)
     if report.failed and call.when == "call" and database and provisioner.settings.keep_failed:
-        url = provisioner.keep_copy(database)
-        report.sections.append(("pgtemplate", f"database kept for inspection: psql {url}"))
+        try:
+            line = f"database kept for inspection: psql {database.keep_copy()}"
+        except PgTemplateError as exc:
+            line = f"warning: could not keep a copy of the database: {exc}"
+        report.sections.append(("pgtemplate", line))
     return report
 
 
@@ -142,11 +147,21 @@ def pytest_report_header(config: pytest.Config) -> str:
         server = provisioner.report.server
     else:
         server = "embedded, started on first use (no pgtemplate_url)"
-    schema = settings.migrate or str(settings.alembic_ini)
     return (
-        f"pgtemplate: server {server}, "
-        f"schema from {schema}, reset {settings.reset} ({sources['reset'].source})"
+        f"pgtemplate: server {server}, schema from {_schema_source(provisioner)}, "
+        f"reset {settings.reset} ({sources['reset'].source}), project {settings.project}"
     )
+
+
+def _schema_source(provisioner: Provisioner) -> str:
+    """Only the source in use; what its fingerprint covers when that is not obvious."""
+    try:
+        migrator = provisioner.migrator()
+        if provisioner.settings.migrate:
+            return f"{migrator.describe()} ({migrator.fingerprint_note()})"
+        return migrator.describe()
+    except PgTemplateError as exc:
+        return f"(not usable: {exc})"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -157,27 +172,33 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             warnings.warn(PgTemplateWarning(f"could not sweep after a crash: {exc}"), stacklevel=1)
     workeroutput = getattr(session.config, "workeroutput", None)
     report = session.config.stash[PROVISIONER].report
-    if workeroutput is not None and report.template:
+    if workeroutput is not None and (report.template or report.sweep_problems):
         workeroutput["pgtemplate"] = {**report.as_dict(), "worker": _worker_id(session.config)}
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     reports = config.stash[_WORKER_REPORTS].copy()
     own = config.stash[PROVISIONER].report
-    if own.template:
+    if own.template or own.sweep_problems:
         reports.append({**own.as_dict(), "worker": _worker_id(config)})
     if reports:
         owner_note = own.server if own.server_started else ""
         terminalreporter.write_line(_summary(reports, owner_note))
+    for problem in dict.fromkeys(p for r in reports for p in r.get("sweep_problems", ())):
+        terminalreporter.write_line(f"pgtemplate: warning: {problem}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     provisioner = config.stash.get(PROVISIONER, None)
     if provisioner is None:
         return
-    provisioner.close()
-    if provisioner.identity.owner_pid == os.getpid() and not provisioner.settings.url.value:
-        stop_owned(provisioner.local_server())
+    try:
+        provisioner.close()
+    except PgTemplateError as exc:
+        sys.stderr.write(f"pytest-pgtemplate: cleaning up at the end of the run: {exc}\n")
+    finally:
+        if provisioner.identity.owner_pid == os.getpid() and not provisioner.settings.url.value:
+            stop_owned(provisioner.local_server())
 
 
 def _worker_id(config: pytest.Config) -> str:
@@ -185,6 +206,9 @@ def _worker_id(config: pytest.Config) -> str:
 
 
 def _summary(reports: list[dict[str, Any]], owner_note: str) -> str:
+    reports = [r for r in reports if r["template"]]
+    if not reports:
+        return "pgtemplate: no template was used"
     builders = [r for r in reports if r["built"]]
     template = reports[0]["template"]
     starters = [r["server"] for r in reports if r["server_started"]]

@@ -1,0 +1,352 @@
+"""The ``pgtemplate`` command, run for real (``python -m pytest_pgtemplate``) against the server.
+
+The server is shared: every database listed here is one this module created, under a project
+name unique to the test, and dropped at the end whatever happens; ``gc`` always runs scoped to
+that project (or to a run id of ours), never plain, which would drop anybody's dead databases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pytest_pgtemplate._liveness import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
+from pytest_pgtemplate._naming import Marker
+
+CREATED = "2026-01-01T00:00:00+00:00"
+
+
+@pytest.fixture
+def url(server_url: str) -> str:
+    """The test server: the harness's own, or the one PGTEMPLATE_TEST_URL names."""
+    return server_url
+
+
+@dataclass
+class Fakes:
+    """Databases with the plugin's marker, made by this test only, dropped at its end."""
+
+    admin: psycopg.Connection
+    url: str
+    project: str = field(default_factory=lambda: f"clitest_{uuid.uuid4().hex[:10]}")
+    names: list[str] = field(default_factory=list)
+    holders: list[psycopg.Connection] = field(default_factory=list)
+    doomed: dict[str, psycopg.Connection] = field(default_factory=dict)
+
+    def create(self, name: str, marker: Marker) -> str:
+        self.names.append(name)
+        self.admin.execute(f'CREATE DATABASE "{name}"')
+        self.admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{marker.to_comment()}'")
+        return name
+
+    def worker(self, run: str, project: str | None = None, *, alive: bool = False) -> str:
+        name = f"pgtemplate_{run}_gw0"
+        marker = Marker(
+            "worker", run_id=run, owner=name, project=project or self.project, created=CREATED
+        )
+        self.create(name, marker)
+        holder = self.hold("pg_advisory_lock", LIVENESS_CLASS, name)
+        if not alive:
+            self.doomed[name] = holder
+        return name
+
+    def kill(self, *names: str) -> None:
+        """End the runs of these workers made ``alive=False`` (default: all of them).
+
+        Until then they are alive: a dead worker database is garbage to every run's sweep on
+        the shared server (and to anybody's plain ``gc``), so tests kill theirs only right
+        before the command that must see them dead.
+        """
+        for name in names or list(self.doomed):
+            self.doomed.pop(name).close()
+
+    def template(self, *, alive: bool = False) -> str:
+        fingerprint = uuid.uuid4().hex[:20]
+        name = self.create(
+            f"pgtemplate_tpl_{fingerprint}",
+            Marker("template", fingerprint=fingerprint, project=self.project, created=CREATED),
+        )
+        if alive:
+            self.hold("pg_advisory_lock_shared", TEMPLATE_USE_CLASS, name)
+        return name
+
+    def kept(self, run: str, project: str | None = None) -> str:
+        """A --pgtemplate-keep-failed copy: no sweep drops it, only ``gc --kept``."""
+        name = f"pgtemplate_{run}_gw0_failed1"
+        marker = Marker(
+            "kept",
+            run_id=run,
+            owner=f"pgtemplate_{run}_gw0",
+            project=project or self.project,
+            created=CREATED,
+        )
+        return self.create(name, marker)
+
+    def hold(self, function: str, lock_class: int, name: str) -> psycopg.Connection:
+        """What a live run does: a session on the server holds the database's lock."""
+        holder = psycopg.connect(self.url, autocommit=True)
+        self.holders.append(holder)
+        holder.execute(f"SELECT {function}(%s, %s)", (lock_class, lock_key(name)))
+        return holder
+
+    def existing(self) -> set[str]:
+        rows = self.admin.execute(
+            "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (self.names,)
+        )
+        return {row[0] for row in rows}
+
+    def cleanup(self) -> None:
+        for holder in self.holders:
+            holder.close()
+        for name in self.existing():  # never IS_TEMPLATE: no ALTER, which is FATAL mid-DROP
+            self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fakes(admin: psycopg.Connection, url: str) -> Iterator[Fakes]:
+    made = Fakes(admin, url)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def cli(
+    *args: str, cwd: Path, url: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The real command; the environment names no server or project unless ``url`` is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGTEMPLATE_")}
+    if url is not None:
+        env["PGTEMPLATE_URL"] = url
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest_pgtemplate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+    return done
+
+
+Rows = dict[str, dict[str, object]]
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> Rows:
+    return {row["name"]: row for row in json.loads(done.stdout)}
+
+
+def test_options_go_before_or_after_the_subcommand(fakes: Fakes, url: str, tmp_path: Path) -> None:
+    kept = fakes.kept(run_id())
+    after = cli("list", "--url", url, "--json", "--project", fakes.project, cwd=tmp_path)
+    before = cli("--url", url, "--json", "--project", fakes.project, "list", cwd=tmp_path)
+    mixed = cli("--url", url, "list", "--json", f"--project={fakes.project}", cwd=tmp_path)
+    assert set(as_json(after)) == set(as_json(before)) == set(as_json(mixed)) == {kept}
+    for args in (
+        ("gc", "--url", url, "--kept", "--dry-run", "--json", "--project", fakes.project),
+        ("--url", url, "--dry-run", "--json", "--project", fakes.project, "gc", "--kept"),
+        ("--kept", "--dry-run", "gc", "--json", "--url", url, "--project", fakes.project),
+    ):
+        assert set(as_json(cli(*args, cwd=tmp_path))) == {kept}
+    assert kept in fakes.existing(), "--dry-run drops nothing"
+
+
+def test_gc_options_are_refused_for_list_in_one_line(tmp_path: Path, url: str) -> None:
+    done = cli("--dry-run", "list", cwd=tmp_path, url=url, check=False)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1
+    assert "--dry-run, --kept and --templates apply to gc only" in done.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_listing_quietly(
+    fakes: Fakes, url: str, tmp_path: Path
+) -> None:
+    fakes.worker(run_id())
+    command = f"{sys.executable} -m pytest_pgtemplate list | head -c1"
+    done = subprocess.run(
+        ["sh", "-c", command],
+        cwd=tmp_path,
+        env={**os.environ, "PGTEMPLATE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr, len(done.stdout)) == (0, "", 1)
+    # Deterministic: the pipe's reader is gone before the command writes anything.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        closed = subprocess.run(
+            [sys.executable, "-m", "pytest_pgtemplate", "list"],
+            cwd=tmp_path,
+            env={**os.environ, "PGTEMPLATE_URL": url},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert closed.stderr == ""
+    assert closed.returncode == 141, "like a program ended by SIGPIPE"
+
+
+def test_json_has_booleans_numbers_and_nulls(fakes: Fakes, url: str, tmp_path: Path) -> None:
+    live, kept = fakes.worker(run_id(), alive=True), fakes.kept(run_id())
+    unused, cloned = fakes.template(), fakes.template(alive=True)
+    rows = as_json(cli("list", "--json", "--project", fakes.project, cwd=tmp_path, url=url))
+    assert {name: row["alive"] for name, row in rows.items()} == {
+        live: True,
+        kept: False,
+        unused: False,
+        cloned: True,  # a live run clones it
+    }
+    for row in rows.values():
+        assert row["project"] == fakes.project
+        assert isinstance(row["size_bytes"], int)
+        assert row["size_bytes"] > 0
+        assert isinstance(row["size_mb"], float)
+        assert row["created"] == CREATED
+        assert isinstance(row["age_seconds"], int)
+    assert rows[unused]["run"] is None
+    assert rows[kept]["run"] == kept.split("_")[1]
+
+
+def test_list_shows_each_database_project(fakes: Fakes, url: str, tmp_path: Path) -> None:
+    other = f"{fakes.project}_other"
+    mine, theirs = fakes.worker(run_id()), fakes.worker(run_id(), project=other)
+    lines = cli("list", cwd=tmp_path, url=url).stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME", "PROJECT", "KIND", "RUN", "TEMPLATE", "ALIVE", "SIZE_MB", "AGE"
+    ]  # fmt: skip
+    cells = {line.split()[0]: line.split() for line in lines[1:]}
+    assert cells[mine][1:3] == [fakes.project, "worker"]
+    assert cells[theirs][1:3] == [other, "worker"]
+    scoped = cli("list", "--project", other, cwd=tmp_path, url=url).stdout
+    assert theirs in scoped
+    assert mine not in scoped
+
+
+def test_gc_dry_run_shows_the_sizes_list_shows(fakes: Fakes, url: str, tmp_path: Path) -> None:
+    kept = fakes.kept(run_id())
+    scope = ("--project", fakes.project)
+    listed = as_json(cli("list", "--json", *scope, cwd=tmp_path, url=url))[kept]
+    dry = as_json(cli("gc", "--kept", "--dry-run", "--json", *scope, cwd=tmp_path, url=url))[kept]
+    assert dry["size_bytes"] == listed["size_bytes"]
+    assert dry["size_mb"] == listed["size_mb"]
+    assert dry["dropped"] is False
+    text = cli("gc", "--kept", "--dry-run", *scope, cwd=tmp_path, url=url).stdout
+    mb = f"{listed['size_mb']:.1f}"
+    assert f"would drop 1 database(s), {mb} MB (project {fakes.project!r})" in text
+    assert f" {mb} " in next(line for line in text.splitlines() if line.startswith(kept))
+    assert kept in fakes.existing()
+
+
+def gc_with_a_dead_worker(fakes: Fakes, *args: str, cwd: Path) -> tuple[str, Rows]:
+    """``gc`` while a dead worker database of ours is on the server.
+
+    Dropping dead worker databases is every run's sweep's job on a shared server: when one
+    dropped ours before our command saw it, try again with a new one.
+    """
+    for _ in range(3):
+        dead = fakes.worker(run_id())
+        fakes.kill(dead)
+        rows = as_json(cli("gc", "--json", *args, cwd=cwd, url=fakes.url))
+        if dead in rows or dead in fakes.existing():
+            return dead, rows
+    pytest.fail("another run's sweep dropped each dead worker database before gc saw it")
+
+
+def test_gc_drops_exactly_what_it_should_in_scope_and_says_so(
+    fakes: Fakes, url: str, tmp_path: Path
+) -> None:
+    other, other_run = f"{fakes.project}_other", run_id()
+    live, kept = fakes.worker(run_id(), alive=True), fakes.kept(run_id())
+    unused, cloned = fakes.template(), fakes.template(alive=True)
+    kept_other, kept_other_run = fakes.kept(run_id(), other), fakes.kept(other_run, other)
+    scope = ("--project", fakes.project)
+
+    dead, rows = gc_with_a_dead_worker(fakes, *scope, cwd=tmp_path)
+    assert set(rows) == {dead}
+    assert rows[dead]["dropped"] is True
+    assert fakes.existing() == {live, kept, unused, cloned, kept_other, kept_other_run}
+
+    text = cli("gc", "--templates", "--kept", *scope, cwd=tmp_path, url=url).stdout
+    assert fakes.existing() == {live, cloned, kept_other, kept_other_run}
+    lines = text.splitlines()
+    assert re.fullmatch(
+        rf"dropped 2 database\(s\), \d+\.\d MB \(project '{fakes.project}'\):", lines[0]
+    )
+    sizes = {line.split()[0]: float(line.split()[-2]) for line in lines[2:4]}
+    assert sizes.keys() == {unused, kept}
+    assert all(size > 0 for size in sizes.values())
+
+    by_run = as_json(cli("gc", "--kept", "--json", "--run", other_run, cwd=tmp_path, url=url))
+    assert set(by_run) == {kept_other_run}
+    assert fakes.existing() == {live, cloned, kept_other}
+
+
+def test_gc_scopes_to_the_current_directorys_project_by_default(
+    fakes: Fakes, url: str, tmp_path: Path
+) -> None:
+    other = f"{fakes.project}_other"
+    mine, theirs = fakes.kept(run_id()), fakes.kept(run_id(), other)
+    named = tmp_path / "named"
+    (named / "tests").mkdir(parents=True)
+    (named / "pyproject.toml").write_text(
+        f'[project]\nname = "{fakes.project}"\n\n'
+        f'[tool.pytest.ini_options]\npgtemplate_url = "{url}"\n'
+    )
+    # From a subdirectory, as pytest would: the rootdir is where pyproject.toml is.
+    dry = cli("gc", "--kept", "--dry-run", "--json", cwd=named / "tests")
+    assert set(as_json(dry)) == {mine}
+    text = cli("gc", "--kept", "--dry-run", cwd=named).stdout
+    assert f"(project {fakes.project!r}, this directory's)" in text
+    configured = tmp_path / "configured"
+    configured.mkdir()
+    (configured / "pytest.ini").write_text(f"[pytest]\npgtemplate_project = {other}\n")
+    dry = cli("gc", "--kept", "--dry-run", "--json", cwd=configured, url=url)
+    assert set(as_json(dry)) == {theirs}
+    assert fakes.existing() == {mine, theirs}
+
+
+@pytest.mark.parametrize(
+    ("args", "given_url", "says"),
+    [
+        (("list",), "mysql://root@127.0.0.1/x", "pgtemplate_url must point at PostgreSQL"),
+        (("list",), "postgresql://postgres@127.0.0.1:1/postgres", "cannot connect to PostgreSQL"),
+        (("gc", "--dry-run"), None, "no server: pass --url"),
+        (("list", "--json", "--bogus"), None, "unrecognized arguments: --bogus"),
+        (("gc", "--project", "x", "--all-projects"), None, "not both"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(
+    args: tuple[str, ...], given_url: str | None, says: str, tmp_path: Path
+) -> None:
+    done = cli(*args, cwd=tmp_path, url=given_url, check=False)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr
+    assert "Traceback" not in done.stderr

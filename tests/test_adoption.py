@@ -223,3 +223,23 @@ def test_an_engine_the_project_builds_keeps_working_across_recreate(
     project.write_tests(PROJECT_ENGINE.replace("**pg_worker_database.engine_options()", ""))
     result = project.run("-p", "no:xdist")
     result.assert_outcomes(passed=2, failed=1)  # without it: a connection to a dropped database
+
+
+def test_the_run_id_is_xdists_testrun_uid(project: InnerProject) -> None:
+    project.write_tests(
+        """
+        def test_names(pg_worker_database, testrun_uid):
+            with open(f"names-{pg_worker_database.name}.txt", "w") as out:
+                out.write(testrun_uid)
+        """
+    )
+    project.run("-n", "2").assert_outcomes(passed=1)
+    [written] = project.path.glob("names-*.txt")
+    assert written.name.startswith(f"names-pgtemplate_{written.read_text()[:12]}_gw")
+    for path in project.path.glob("names-*.txt"):
+        path.unlink()
+    shared = "--testrunuid=" + "ab" * 16  # what CI shards pass to correlate their reports
+    for _ in range(2):
+        project.run("-n", "2", shared).assert_outcomes(passed=1)
+    names = sorted(path.name for path in project.path.glob("names-*.txt"))
+    assert len(names) == 2, "a uid shared by shards is not the run id: each run has its own"

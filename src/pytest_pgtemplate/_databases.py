@@ -87,6 +87,13 @@ class CloneOptions:
     durable: bool = False
     """False: ``synchronous_commit = off`` on the clone, which never needs to survive a crash."""
 
+    def describe(self, server_major: int) -> str:
+        """For the end-of-run line: the method and why it was chosen."""
+        if self.strategy is None:
+            return f"PostgreSQL {server_major} has no STRATEGY"
+        why = "fsync off" if self.strategy == "FILE_COPY" else "fsync on: fewer checkpoints"
+        return f"{self.strategy}, {why}"
+
 
 def clone_options(server_major: int, fsync: bool, *, durable: bool) -> CloneOptions:
     """FILE_COPY pays two checkpoints, cheap without fsync; WAL_LOG wins on a durable disk."""

@@ -25,6 +25,7 @@ from ._local_server import LocalServerRequest, ensure_started
 from ._local_server import describe as describe_local
 from ._migrate import Migrator, build_migrator
 from ._naming import Marker, empty_name, now_iso, template_name, worker_database_name
+from ._report import Report
 from ._server import DRIVER_ERRORS, ServerInfo, connect, describe, driver_errors
 from ._settings import Settings
 from ._template import BuildRequest, TemplateInfo, ensure_template, template_fingerprint
@@ -52,28 +53,6 @@ class RunIdentity:
 
 
 @dataclass
-class Report:
-    """What this process did, for the terminal summary (sent to the xdist controller)."""
-
-    server: str = ""
-    server_started: bool = False
-    """This process started the plugin's own server: its note has the start-up figures."""
-    template: str = ""
-    built: bool = False
-    build_seconds: float = 0.0
-    clone_seconds: float = 0.0
-    clones: int = 0
-    resets: int = 0
-    swept: int = 0
-    sweep_problems: list[str] = field(default_factory=list)
-    """What a sweep could not drop, or why it could not run: warned about, never a failure."""
-    lease_renewals: int = 0
-
-    def as_dict(self) -> dict[str, object]:
-        return dict(vars(self))
-
-
-@dataclass
 class Provisioner:
     """Settings, identity and the run report; the steps a fixture chain calls, one per link."""
 
@@ -90,6 +69,9 @@ class Provisioner:
     """The admin URL each database without state of its own (empty databases) lives on."""
     _migrator: Migrator | None = None
     _empties: int = 0
+
+    def __post_init__(self) -> None:
+        self.report.worker = self.identity.worker_id
 
     def server_url(self) -> URL:
         """The server named by the settings, or started by the owner before the workers."""
@@ -161,9 +143,9 @@ class Provisioner:
         try:
             result = self.loop.run(drop_entries(admin, choose(self.loop.run(inventory(admin)))))
         except DRIVER_ERRORS as exc:
-            self.report.sweep_problems.append(f"{what} failed: {type(exc).__name__}: {exc}")
+            self.report.problems.append(f"{what} failed: {type(exc).__name__}: {exc}")
             return DropResult()
-        self.report.sweep_problems += [f"{what}: left {line}" for line in result.refused]
+        self.report.problems += [f"{what}: left {line}" for line in result.refused]
         return result
 
     def template(self, server: ServerInfo, lock_dir: Path) -> TemplateInfo:
@@ -229,6 +211,7 @@ class Provisioner:
         )
         self.report.clone_seconds += time.perf_counter() - started
         self.report.clones += 1
+        self.report.clone_method = origin.clone.describe(server.major)
         return database
 
     def create_empty_database(self, server: ServerInfo) -> WorkerDatabase:

@@ -77,7 +77,7 @@ def pg_worker_database(
     try:
         provisioner.drop_database(database)
     except PgTemplateError as exc:
-        provisioner.report.sweep_problems.append(str(exc))
+        provisioner.report.problems.append(str(exc))
 
 
 @pytest.fixture

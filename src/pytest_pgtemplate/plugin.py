@@ -15,13 +15,14 @@ from . import fixtures, sync_fixtures
 from ._errors import ConfigurationError, PgTemplateError, PgTemplateWarning
 from ._local_server import describe as describe_local
 from ._local_server import start_now, stop_owned
-from ._naming import new_run_id
+from ._naming import new_run_id, run_id_from_testrun_uid
 from ._provision import Provisioner, RunIdentity
+from ._report import Report, summary_lines
 from ._settings import OPTIONS, Option, resolve
 from ._urls import parse_server_url
 
 PROVISIONER = pytest.StashKey[Provisioner]()
-_WORKER_REPORTS = pytest.StashKey[list[dict[str, Any]]]()
+_WORKER_REPORTS = pytest.StashKey[list[Report]]()
 _CRASHED = pytest.StashKey[bool]()
 _MARKER_HELP = (
     "pgtemplate(reset=STRATEGY): the test uses its worker's database (as if it asked for "
@@ -106,16 +107,20 @@ class XdistHooks:
 
     def __init__(self, identity: RunIdentity) -> None:
         self.identity = identity
+        self.run_id: str | None = None
 
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["pgtemplate_run_id"] = self.identity.run_id
+        if self.run_id is None:
+            uid, given = node.workerinput.get("testrunuid"), node.config.getoption("testrunuid")
+            self.run_id = run_id_from_testrun_uid(uid, given=given) or self.identity.run_id
+        node.workerinput["pgtemplate_run_id"] = self.run_id
         node.workerinput["pgtemplate_owner_pid"] = self.identity.owner_pid
         node.workerinput["pgtemplate_server_url"] = self.identity.server_url
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         report = getattr(node, "workeroutput", {}).get("pgtemplate")
         if report:
-            node.config.stash[_WORKER_REPORTS].append(report)
+            node.config.stash[_WORKER_REPORTS].append(Report.from_wire(report))
         if error is not None:
             node.config.stash[_CRASHED] = True
 
@@ -165,27 +170,26 @@ def _schema_source(provisioner: Provisioner) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if session.config.stash.get(_CRASHED, False):
+    config = session.config
+    if config.stash.get(_CRASHED, False):
         try:
-            session.config.stash[PROVISIONER].sweep_after_crash()
+            config.stash[PROVISIONER].sweep_after_crash()
         except PgTemplateError as exc:
             warnings.warn(PgTemplateWarning(f"could not sweep after a crash: {exc}"), stacklevel=1)
-    workeroutput = getattr(session.config, "workeroutput", None)
-    report = session.config.stash[PROVISIONER].report
-    if workeroutput is not None and (report.template or report.sweep_problems):
-        workeroutput["pgtemplate"] = {**report.as_dict(), "worker": _worker_id(session.config)}
+    workeroutput = getattr(config, "workeroutput", None)
+    report = config.stash[PROVISIONER].report
+    if workeroutput is not None and report.worth_reporting:
+        workeroutput["pgtemplate"] = report.to_wire()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     reports = config.stash[_WORKER_REPORTS].copy()
     own = config.stash[PROVISIONER].report
-    if own.template or own.sweep_problems:
-        reports.append({**own.as_dict(), "worker": _worker_id(config)})
-    if reports:
-        owner_note = own.server if own.server_started else ""
-        terminalreporter.write_line(_summary(reports, owner_note))
-    for problem in dict.fromkeys(p for r in reports for p in r.get("sweep_problems", ())):
-        terminalreporter.write_line(f"pgtemplate: warning: {problem}")
+    if own.worth_reporting:
+        reports.append(own)
+    owner_note = own.server if own.server_started else ""
+    for line in summary_lines(reports, owner_note):
+        terminalreporter.write_line(line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -199,30 +203,3 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     finally:
         if provisioner.identity.owner_pid == os.getpid() and not provisioner.settings.url.value:
             stop_owned(provisioner.local_server())
-
-
-def _worker_id(config: pytest.Config) -> str:
-    return config.stash[PROVISIONER].identity.worker_id
-
-
-def _summary(reports: list[dict[str, Any]], owner_note: str) -> str:
-    reports = [r for r in reports if r["template"]]
-    if not reports:
-        return "pgtemplate: no template was used"
-    builders = [r for r in reports if r["built"]]
-    template = reports[0]["template"]
-    starters = [r["server"] for r in reports if r["server_started"]]
-    server = owner_note or next(iter(starters), reports[0]["server"])
-    if builders:
-        built = ", ".join(f"{r['worker']} in {r['build_seconds']:.2f} s" for r in builders)
-        how = f"built by {built}"
-    else:
-        how = "reused (no migration ran)"
-    clones = sum(r["clones"] for r in reports)
-    clone_ms = 1000 * sum(r["clone_seconds"] for r in reports) / max(clones, 1)
-    resets = sum(r["resets"] for r in reports)
-    return (
-        f"pgtemplate: {server}; template {template} {how}; "
-        f"{clones} worker database(s) cloned (avg {clone_ms:.0f} ms) and dropped; "
-        f"{resets} reset(s)"
-    )

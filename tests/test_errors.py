@@ -8,10 +8,12 @@ from pathlib import Path
 
 import psycopg
 
-from conftest import SERVER_URL, InnerProject, plugin_databases
+from _harness import with_database, with_user
+from conftest import InnerProject
 from pytest_pgtemplate._migrate import AlembicMigrator
 from pytest_pgtemplate._naming import template_name
-from pytest_pgtemplate._template import build_lock_key, template_fingerprint
+from pytest_pgtemplate._lease import build_lock_key
+from pytest_pgtemplate._template import template_fingerprint
 
 USES_DATABASE = """
 def test_uses_database(pg_database):
@@ -39,7 +41,7 @@ def test_unreachable_server_fails_fast_with_the_fix(project: InnerProject) -> No
 
 
 def test_wrong_database_in_url(project: InnerProject) -> None:
-    project.write_ini(pgtemplate_url="postgresql://postgres@127.0.0.1:5432/no_such_db_here")
+    project.write_ini(pgtemplate_url=with_database(project.server_url, "no_such_db_here"))
     project.write_tests(USES_DATABASE)
     result = project.run()
     result.assert_outcomes(errors=2)
@@ -101,7 +103,6 @@ def test_failing_migration_names_the_revision_and_leaves_no_template(
         "def upgrade():\n    op.execute('ALTER TABLE no_such_table ADD COLUMN x int')\n"
     )
     project.write_tests(USES_DATABASE)
-    before = plugin_databases(project.admin)
     result = project.run("-n", "2")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
@@ -111,7 +112,7 @@ def test_failing_migration_names_the_revision_and_leaves_no_template(
             "COLUMN x int). The half-built template was dropped; fix the migration and run again."
         ]
     )
-    assert plugin_databases(project.admin) == before, "nothing may be left behind"
+    assert not project.databases(), "nothing may be left behind"
     assert result.stderr.str().count("Running upgrade 0004 -> 0005") <= 1, "one attempt per run"
 
     broken.write_text(broken.read_text().replace("ALTER TABLE no_such_table", "ALTER TABLE review"))
@@ -119,7 +120,7 @@ def test_failing_migration_names_the_revision_and_leaves_no_template(
 
 
 def test_crash_leftover_template_is_rebuilt_not_trusted(project: InnerProject) -> None:
-    name = _template_name(project)
+    name = project.own(_template_name(project))  # dropped at the end whatever happens
     project.admin.execute(f'CREATE DATABASE "{name}"')  # unmarked: as if a build had crashed
     project.write_tests(
         """
@@ -135,7 +136,7 @@ def test_crash_leftover_template_is_rebuilt_not_trusted(project: InnerProject) -
 
 def test_lock_timeout_when_another_run_holds_the_build_lock(project: InnerProject) -> None:
     key = build_lock_key(_template_name(project))
-    with psycopg.connect(SERVER_URL, autocommit=True) as holder:
+    with psycopg.connect(project.server_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s, %s)", key)
         project.write_tests(USES_DATABASE)
         result = project.run("--pgtemplate-lock-timeout", "1")
@@ -153,7 +154,7 @@ def test_role_without_createdb(project: InnerProject) -> None:
     role = f"pgtemplate_test_{uuid.uuid4().hex[:8]}"
     project.admin.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB")
     try:
-        project.write_ini(pgtemplate_url=f"postgresql://{role}@127.0.0.1:5432/postgres")
+        project.write_ini(pgtemplate_url=with_user(project.server_url, role))
         project.write_tests(USES_DATABASE)
         result = project.run()
     finally:
@@ -197,6 +198,7 @@ def test_leaked_transaction_does_not_hang_the_reset(project: InnerProject) -> No
 
 def _template_name(project: InnerProject) -> str:
     migrator = AlembicMigrator(Path(project.path / "alembic.ini"))
-    row = project.admin.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    query = "SELECT current_setting('server_version_num')::int, current_user"
+    row = project.admin.execute(query).fetchone()
     assert row is not None
-    return template_name(template_fingerprint(migrator, row[0] // 10000))
+    return template_name(template_fingerprint(migrator, row[0] // 10000, row[1]))

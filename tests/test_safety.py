@@ -16,8 +16,8 @@ import asyncpg
 import psycopg
 
 from conftest import InnerProject
-from pytest_pgtemplate._lease import LIVENESS_CLASS, lock_key
-from pytest_pgtemplate._liveness import drop_entries, inventory
+from pytest_pgtemplate._lease import LIVENESS_CLASS, build_lock_key, lock_key
+from pytest_pgtemplate._liveness import drop_entries, inventory, sweepable
 from pytest_pgtemplate._naming import Marker
 
 
@@ -346,3 +346,33 @@ def test_a_schema_change_is_detected_and_the_database_recloned(project: InnerPro
                 're-cloned*@pytest.mark.pgtemplate(reset="recreate")*'
             ]
         )
+
+
+def test_a_build_that_died_is_swept_and_one_in_progress_is_not(admin: psycopg.Connection) -> None:
+    """Killed between CREATE DATABASE and COMMENT, or before the template was marked finished."""
+    unmarked = f"pgtemplate_tpl_{uuid.uuid4().hex[:20]}"
+    unfinished = f"pgtemplate_tpl_{uuid.uuid4().hex[:20]}"
+    admin.execute(f'CREATE DATABASE "{unmarked}"')
+    create_marked(admin, unfinished, Marker("template", fingerprint="f", project="t"))
+    url = conninfo_url(admin)
+
+    async def sweep(building: str | None) -> set[str]:
+        sweeper, builder = await asyncpg.connect(url), await asyncpg.connect(url)
+        try:
+            if building:
+                await builder.execute("SELECT pg_advisory_lock($1, $2)", *build_lock_key(building))
+            ours = [e for e in await inventory(sweeper) if e.name in (unmarked, unfinished)]
+            result = await drop_entries(sweeper, sweepable(ours))
+            return {entry.name for entry in result.dropped}
+        finally:
+            await sweeper.close()
+            await builder.close()
+
+    try:
+        assert asyncio.run(sweep(building=unfinished)) == {unmarked}, "a live build is left alone"
+        assert asyncio.run(sweep(building=None)) == {unfinished}
+        assert not database_exists(admin, unmarked)
+        assert not database_exists(admin, unfinished)
+    finally:
+        drop_if_exists(admin, unmarked)
+        drop_if_exists(admin, unfinished)

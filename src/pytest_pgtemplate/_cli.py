@@ -21,7 +21,7 @@ import asyncpg
 from ._cli_table import row, table, total_mb
 from ._errors import PgTemplateError
 from ._inifile import project_here, server_url
-from ._liveness import Entry, dead_workers, drop_entries, inventory
+from ._liveness import Entry, drop_entries, inventory, sweepable
 from ._server import connect
 from ._urls import parse_server_url
 
@@ -246,8 +246,8 @@ def _count(rows: list[dict[str, object]]) -> str:
 
 
 def _garbage(entries: list[Entry], options: Options) -> list[Entry]:
-    """What a sweep drops (dead workers), plus the kinds asked for; in the listing's order."""
-    dead = {entry.name for entry in dead_workers(entries)}
+    """What a sweep drops (dead workers, abandoned builds), plus the kinds asked for."""
+    dead = {entry.name for entry in sweepable(entries)}
     chosen = [
         entry
         for entry in entries

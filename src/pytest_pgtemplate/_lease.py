@@ -22,6 +22,7 @@ from ._urls import redacted
 
 LIVENESS_CLASS = 0x70677476  # "pgtv"
 TEMPLATE_USE_CLASS = 0x70677475  # "pgtu"
+BUILD_CLASS = 0x70677470  # "pgtp": held by the process building a template, across machines
 
 # A lease sits idle between tests: no server-side timeout may end it.
 _SESSION_SETUP = (
@@ -37,6 +38,13 @@ class LeaseLostError(PgTemplateError):
 def lock_key(name: str) -> int:
     """A non-negative int4, so it reads back unchanged from pg_locks.objid (an oid)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def build_lock_key(name: str) -> tuple[int, int]:
+    """The advisory lock (two int4 keys) that serialises builds of template ``name``."""
+    return BUILD_CLASS, int.from_bytes(
+        hashlib.sha256(name.encode()).digest()[:4], "big", signed=True
+    )
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from . import _databases
-from ._lease import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
+from ._lease import LIVENESS_CLASS, TEMPLATE_USE_CLASS, build_lock_key, lock_key
 from ._naming import PREFIX, Marker
 
 __all__ = [
@@ -31,11 +31,13 @@ __all__ = [
     "inventory",
     "lock_key",
     "surplus_templates",
+    "sweepable",
 ]
 
 _INVENTORY = """
 SELECT d.datname AS name, shobj_description(d.oid, 'pg_database') AS comment,
-       CASE WHEN $2 THEN pg_database_size(d.oid) ELSE 0 END AS size
+       CASE WHEN $2 THEN pg_database_size(d.oid) ELSE 0 END AS size,
+       d.datistemplate AND NOT d.datallowconn AS finished
 FROM pg_database d WHERE d.datname LIKE $1 ORDER BY d.datname
 """
 _HELD_KEYS = """
@@ -52,6 +54,8 @@ class Entry:
     marker: Marker
     size: int
     alive: bool
+    finished: bool = True
+    """Templates: marked as the build's last step; False for a build that died (or runs)."""
 
     @property
     def kind(self) -> str:
@@ -70,15 +74,22 @@ async def inventory(admin: asyncpg.Connection, *, sizes: bool = False) -> list[E
     }
     entries = []
     for row in rows:
-        marker = Marker.from_comment(row["comment"]) or _unmarked_worker(row["name"])
+        marker = Marker.from_comment(row["comment"]) or _unmarked(row["name"])
         if marker is not None:
-            entries.append(
-                Entry(row["name"], marker, row["size"], _alive(marker, row["name"], held))
-            )
+            alive = _alive(marker, row["name"], held)
+            entries.append(Entry(row["name"], marker, row["size"], alive, row["finished"]))
     return entries
 
 
+_TEMPLATE_NAME = re.compile(r"pgtemplate_tpl_[0-9a-f]{20}")
 _WORKER_NAME = re.compile(r"pgtemplate_([0-9a-f]{12})_([a-z0-9_]+?)(_spare|_empty\d+)?")
+
+
+def _unmarked(name: str) -> Marker | None:
+    """A template whose builder died between CREATE DATABASE and its COMMENT, or a worker's."""
+    if _TEMPLATE_NAME.fullmatch(name):
+        return Marker("template")
+    return _unmarked_worker(name)
 
 
 def _unmarked_worker(name: str) -> Marker | None:
@@ -105,6 +116,16 @@ def _alive(marker: Marker, name: str, held: set[tuple[int, int]]) -> bool:
 def dead_workers(entries: list[Entry]) -> list[Entry]:
     """Worker databases (and spares) whose run is gone; kept copies wait for ``gc --kept``."""
     return [entry for entry in entries if entry.kind == "worker" and not entry.alive]
+
+
+def abandoned_builds(entries: list[Entry]) -> list[Entry]:
+    """Templates never marked finished: a build that died (a live build holds its build lock)."""
+    return [entry for entry in entries if entry.kind == "template" and not entry.finished]
+
+
+def sweepable(entries: list[Entry]) -> list[Entry]:
+    """What every run's sweep drops: dead runs' worker databases and abandoned builds."""
+    return dead_workers(entries) + abandoned_builds(entries)
 
 
 def surplus_templates(entries: list[Entry], project: str, keep: int) -> list[Entry]:
@@ -145,8 +166,12 @@ async def _claimed(admin: asyncpg.Connection, entry: Entry) -> AsyncIterator[boo
     if entry.kind == "kept":
         yield True
         return
-    lock_class = TEMPLATE_USE_CLASS if entry.kind == "template" else LIVENESS_CLASS
-    key = lock_key(entry.name if entry.kind == "template" else entry.marker.owner or entry.name)
+    if entry.kind == "template" and not entry.finished:
+        lock_class, key = build_lock_key(entry.name)  # a build in progress holds it
+    elif entry.kind == "template":
+        lock_class, key = TEMPLATE_USE_CLASS, lock_key(entry.name)
+    else:
+        lock_class, key = LIVENESS_CLASS, lock_key(entry.marker.owner or entry.name)
     claimed = await admin.fetchval("SELECT pg_try_advisory_lock($1, $2)", lock_class, key)
     try:
         yield bool(claimed)
@@ -163,5 +188,5 @@ async def _still_ours(admin: asyncpg.Connection, entry: Entry) -> bool:
     )
     if comment is None:
         exists = await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", entry.name)
-        return bool(exists) and _unmarked_worker(entry.name) is not None
+        return bool(exists) and _unmarked(entry.name) is not None
     return Marker.from_comment(comment) == entry.marker

@@ -20,7 +20,7 @@ from ._databases import clone_options
 from ._embedded import read_running
 from ._errors import ConfigurationError
 from ._lease import Lease
-from ._liveness import DropResult, Entry, dead_workers, drop_entries, inventory, surplus_templates
+from ._liveness import DropResult, Entry, drop_entries, inventory, surplus_templates, sweepable
 from ._local_server import LocalServerRequest, ensure_started
 from ._local_server import describe as describe_local
 from ._migrate import Migrator, build_migrator
@@ -128,7 +128,7 @@ class Provisioner:
 
     def _sweep(self, admin: asyncpg.Connection) -> None:
         """Drop the databases of runs that died without cleaning up; never fails a test."""
-        result = self._drop_safely(admin, dead_workers, "sweeping dead runs' databases")
+        result = self._drop_safely(admin, sweepable, "sweeping dead runs' databases")
         self.report.swept += len(result.dropped)
 
     def _prune_templates(self, admin: asyncpg.Connection) -> None:

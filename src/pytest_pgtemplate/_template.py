@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,13 +24,11 @@ from . import _databases
 from ._aio import BackgroundLoop
 from ._errors import LockTimeoutError, MigrationError, PgTemplateError
 from ._fingerprint import hash_parts
-from ._lease import Lease
+from ._lease import Lease, build_lock_key
 from ._migrate import Migrator, Verified
 from ._naming import Marker, now_iso
 from ._urls import for_database
 from ._version import __version__
-
-_ADVISORY_CLASS = 0x70677470  # "pgtp": keeps our advisory locks apart from the application's
 
 
 @dataclass(frozen=True)
@@ -72,13 +69,6 @@ def template_fingerprint(migrator: Migrator, server_major: int, role: str = "") 
             ("role", role.encode()),
             *migrator.fingerprint_parts(),
         ]
-    )
-
-
-def build_lock_key(name: str) -> tuple[int, int]:
-    """The advisory lock (two int4 keys) that serialises builds of ``name`` across machines."""
-    return _ADVISORY_CLASS, int.from_bytes(
-        hashlib.sha256(name.encode()).digest()[:4], "big", signed=True
     )
 
 

@@ -76,6 +76,8 @@ class Fakes:
             f"pgtemplate_tpl_{fingerprint}",
             Marker("template", fingerprint=fingerprint, project=self.project, created=CREATED),
         )
+        # finished, as a build's last step leaves it (an unfinished one is an abandoned build)
+        self.admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
         if alive:
             self.hold("pg_advisory_lock_shared", TEMPLATE_USE_CLASS, name)
         return name
@@ -108,7 +110,9 @@ class Fakes:
     def cleanup(self) -> None:
         for holder in self.holders:
             holder.close()
-        for name in self.existing():  # never IS_TEMPLATE: no ALTER, which is FATAL mid-DROP
+        for name in self.existing():  # only our own, which nobody else drops meanwhile
+            if name.startswith("pgtemplate_tpl_"):
+                self.admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
             self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -1,25 +1,35 @@
 """Harness for the plugin's own tests: inner pytest runs against a real server.
 
-Every inner project gets migrations of its own (a unique file), hence a template of its own;
-whatever databases a test creates are dropped when it ends, pass or fail. That clean-up diffs
-the server's list of plugin databases, so this suite runs without xdist (its inner runs use it).
+Each process that runs tests uses the plugin's own server, started here (``_harness``), or the
+one ``PGTEMPLATE_TEST_URL`` names. Every inner project gets migrations of its own (a unique
+file), hence a template of its own, and a ``pgtemplate_project`` of its own; when a test ends,
+pass or fail, exactly the databases of its projects are dropped, never anybody else's, so the
+suite runs under ``pytest -n 2`` and on a server other people use.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import textwrap
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from _harness import ENV_VAR, Owned, SuiteServer, drop_database, new_project_name
+
+__all__ = ["REPO", "SERVER_URL", "InnerProject", "drop_database", "plugin_databases"]
+
 REPO = Path(__file__).resolve().parent.parent
-SERVER_URL = os.environ.get("PGTEMPLATE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SERVER_URL = os.environ.get(ENV_VAR, "")
+"""Set by ``pytest_configure`` before any test module is imported; prefer ``server_url``."""
+
+_SUITE: list[SuiteServer] = []
 
 _LOG_MIGRATION = '''
 """Appends a line to $MIGRATION_LOG, so tests can count how often migrations ran. {marker}"""
@@ -42,8 +52,64 @@ def downgrade() -> None:
 '''
 
 
+def _runs_tests(config: pytest.Config) -> bool:
+    """False in xdist's controller, which imports no test module (the condition xdist uses)."""
+    if hasattr(config, "workerinput"):
+        return True
+    return getattr(config.option, "dist", "no") == "no" or bool(config.option.collectonly)
+
+
+def _heed_ctrl_c() -> None:
+    """Undo an inherited SIG_IGN for SIGINT, so inner runs (which inherit it) obey ctrl-c.
+
+    A shell without job control starts ``cmd &`` with SIGINT ignored, and Python then leaves it
+    ignored: the ctrl-c interruption test's inner run never stopped (3 of 3 such runs failed).
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # `timeout`, a cancelled CI job
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as ctrl-c: pytest then tears fixtures down, so ``project`` drops what it made."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global SERVER_URL  # noqa: PLW0603  (test modules read it at import time)
+    _heed_ctrl_c()
+    if not _runs_tests(config):
+        return
+    try:
+        suite = SuiteServer.open()
+    except Exception as exc:  # the one place to say how to get a server
+        raise pytest.UsageError(
+            f"the test suite could not start the plugin's own PostgreSQL server: {exc}\n"
+            f"Install PostgreSQL's server programs, or set {ENV_VAR} to a server's URL."
+        ) from exc
+    _SUITE.append(suite)
+    SERVER_URL = suite.url
+    os.environ[ENV_VAR] = suite.url  # modules and subprocesses that read the variable agree
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _SUITE:
+        _SUITE.pop().close()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if not _SUITE:
+        return "test server: none started in this process"
+    how = "the plugin's own, started for this process" if _SUITE[0].embedded else ENV_VAR
+    return f"test server: {_SUITE[0].url} ({how})"
+
+
 def plugin_databases(conn: psycopg.Connection) -> set[str]:
-    """Databases the plugin made (they carry its marker), whoever's test made them."""
+    """Every plugin database on the server, whoever made it: only for asking about known names.
+
+    Never compare or count it (others' runs share the server): use ``InnerProject.databases``.
+    """
     rows = conn.execute(
         "SELECT datname FROM pg_database WHERE datname LIKE 'pgtemplate\\_%'"
         " AND shobj_description(oid, 'pg_database') LIKE '{\"pgtemplate\": %'"
@@ -51,20 +117,16 @@ def plugin_databases(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
-def drop_database(conn: psycopg.Connection, name: str) -> None:
-    """Tolerates a database that went away meanwhile (its own run dropped it)."""
-    try:
-        conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
-    except psycopg.errors.InvalidCatalogName:
-        return
-    except psycopg.errors.ObjectNotInPrerequisiteState:
-        pass  # an interrupted DROP left it invalid: dropping it again finishes the job
-    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    if not SERVER_URL:
+        raise RuntimeError("no test server: pytest_configure did not run in this process")
+    return SERVER_URL
 
 
 @pytest.fixture
-def admin() -> Iterator[psycopg.Connection]:
-    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+def admin(server_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(server_url, autocommit=True) as conn:
         yield conn
 
 
@@ -74,6 +136,10 @@ class InnerProject:
 
     pytester: pytest.Pytester
     admin: psycopg.Connection
+    server_url: str
+    project: str = field(default_factory=new_project_name)
+    """Its ``pgtemplate_project``: every database its runs create names it."""
+    owned: Owned = field(default_factory=Owned)
 
     @property
     def path(self) -> Path:
@@ -89,11 +155,27 @@ class InnerProject:
         return len(self.migration_log.read_text().splitlines())
 
     def write_ini(self, **settings: str) -> None:
+        """Replaces the ini; ``pgtemplate_project`` stays this project's unless given.
+
+        A test that gives its own must make it unique: its databases are dropped at the end.
+        """
+        settings = {"pgtemplate_project": self.project, **settings}
+        self.owned.projects.add(settings["pgtemplate_project"])
         lines = [f"{key} = {value}" for key, value in settings.items()]
         self.pytester.makeini("[pytest]\n" + "\n".join(lines) + "\n")
 
     def write_tests(self, source: str, name: str = "test_inner") -> None:
         self.pytester.makepyfile(**{name: textwrap.dedent(source)})
+
+    def databases(self, kind: str | None = None) -> set[str]:
+        """This project's databases on the server (``kind``: template, worker or kept)."""
+        found = self.owned.databases(self.admin)
+        return {name for name, its_kind in found.items() if kind in (None, its_kind)}
+
+    def own(self, name: str) -> str:
+        """A database the test creates by hand: dropped at the end too."""
+        self.owned.names.add(name)
+        return name
 
     def run(self, *args: str) -> pytest.RunResult:
         return self.pytester.runpytest_subprocess(
@@ -110,7 +192,10 @@ class InnerProject:
 
 @pytest.fixture
 def project(
-    pytester: pytest.Pytester, admin: psycopg.Connection, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester,
+    admin: psycopg.Connection,
+    server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[InnerProject]:
     for name in [name for name in os.environ if name.startswith("PGTEMPLATE_")]:
         monkeypatch.delenv(name)  # the inner project's own ini must decide
@@ -123,13 +208,14 @@ def project(
     )
     log_migration = _LOG_MIGRATION.format(marker=uuid.uuid4().hex)
     (pytester.path / "migrations/versions/0004_log.py").write_text(log_migration)
-    inner = InnerProject(pytester, admin)
+    inner = InnerProject(pytester, admin, server_url)
     inner.write_ini(
-        pgtemplate_url=SERVER_URL,
+        pgtemplate_url=server_url,
         asyncio_mode="auto",
         asyncio_default_fixture_loop_scope="function",
     )
-    before = plugin_databases(admin)
-    yield inner
-    for name in plugin_databases(admin) - before:
-        drop_database(admin, name)
+    try:
+        yield inner
+    finally:  # a connection of its own: the test may have broken ``admin``
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            inner.owned.drop_all(conn)

@@ -13,8 +13,10 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
-from conftest import SERVER_URL, InnerProject, drop_database, plugin_databases
+from _harness import drop_database, new_project_name
+from conftest import InnerProject, plugin_databases
 from pytest_pgtemplate._liveness import LIVENESS_CLASS, lock_key
 from pytest_pgtemplate._naming import Marker
 
@@ -23,6 +25,15 @@ import time
 
 def test_slow(pg_database):
     time.sleep({seconds})
+"""
+
+HELD = """
+import pathlib, time
+
+def test_held(pg_database):
+    deadline = time.monotonic() + 120
+    while not pathlib.Path({release!r}).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 """
 
 
@@ -36,14 +47,11 @@ def start_run(directory: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def worker_databases(admin: psycopg.Connection) -> set[str]:
-    return {name for name in plugin_databases(admin) if "_tpl_" not in name}
-
-
-def wait_for_new(admin: psycopg.Connection, known: set[str], seconds: float = 60) -> set[str]:
+def wait_for_new(project: InnerProject, known: set[str], seconds: float = 60) -> set[str]:
+    """The project's worker databases that are not in ``known``, once there are any."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        new = worker_databases(admin) - known
+        new = project.databases("worker") - known
         if new:
             return new
         time.sleep(0.1)
@@ -75,30 +83,31 @@ def test_two_runs_at_once_on_other_machines_migrate_once(project: InnerProject) 
 def test_a_killed_runs_databases_are_swept_and_a_live_run_is_untouched(
     project: InnerProject,
 ) -> None:
-    admin = project.admin
-    known = worker_databases(admin)
     project.write_tests(SLOW.format(seconds=120))
     killed = start_run(project.path, "-p", "no:xdist")
-    dead = wait_for_new(admin, known)
+    dead = wait_for_new(project, set())
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
-    assert dead <= worker_databases(admin), "SIGKILL gave the run no chance to clean up"
+    assert dead <= project.databases("worker"), "SIGKILL gave the run no chance to clean up"
 
     live_dir = project.path.parent / f"{project.path.name}-live"
     live_dir.mkdir()
     shutil.copytree(project.path / "migrations", live_dir / "migrations")
     shutil.copy(project.path / "alembic.ini", live_dir / "alembic.ini")
     shutil.copy(project.path / "tox.ini", live_dir / "tox.ini")
-    (live_dir / "test_live.py").write_text(SLOW.format(seconds=6))
-    live = start_run(live_dir, "-p", "no:xdist")
-    live_dbs = wait_for_new(admin, known | dead)
-
-    project.write_tests("def test_quick(pg_database):\n    pass\n")
-    project.run("-p", "no:xdist").assert_outcomes(passed=1)
-    assert not dead & worker_databases(admin), "the next run's sweep drops the dead run's"
-    assert live_dbs <= worker_databases(admin), "a live run's database is never swept"
-    output = live.communicate(timeout=120)[0].decode()
-    shutil.rmtree(live_dir, ignore_errors=True)
+    release = live_dir / "release"  # it stays in its test until then, however slow we are
+    (live_dir / "test_live.py").write_text(HELD.format(release=str(release)))
+    live = start_run(live_dir, "-p", "no:xdist")  # the same project: its tox.ini
+    try:
+        live_dbs = wait_for_new(project, dead)
+        project.write_tests("def test_quick(pg_database):\n    pass\n")
+        project.run("-p", "no:xdist").assert_outcomes(passed=1)
+        assert not dead & project.databases(), "the next run's sweep drops the dead run's"
+        assert live_dbs <= project.databases("worker"), "a live run's database is never swept"
+    finally:
+        release.touch()
+        output = live.communicate(timeout=120)[0].decode()
+        shutil.rmtree(live_dir, ignore_errors=True)
     assert live.returncode == 0, output
 
 
@@ -118,52 +127,59 @@ def test_a_killed_worker_is_replaced_by_one_with_a_working_database(
                 os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    before = worker_databases(project.admin)
     result = project.run("-n", "2", "--max-worker-restart", "2")
     result.assert_outcomes(passed=7, failed=1)
     result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*test_db?3?*"])
-    assert worker_databases(project.admin) <= before, "the crashed worker's database is swept"
+    assert not project.databases("worker"), "the crashed worker's database is swept"
 
 
-def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    dead, live = f"pgtemplate_gcdead{suffix}_gw0", f"pgtemplate_gclive{suffix}_gw0"
-    template = f"pgtemplate_tpl_gc{suffix}"
-    run = uuid.uuid4().hex[:12]
+def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection, server_url: str) -> None:
+    """Every database here is the test's own, and every gc is scoped to its project or run."""
+    suffix, run, project = uuid.uuid4().hex[:8], uuid.uuid4().hex[:12], new_project_name()
+    dead, live = f"pgtemplate_{run}_gw0", f"pgtemplate_{run}_gw1"
     unmarked = f"pgtemplate_{run}_gw3"  # killed between CREATE DATABASE and COMMENT
+    template = f"pgtemplate_tpl_gc{suffix}"
     foreign = f"pgtemplate_users_{suffix}"  # ours by prefix only: never touched
     for name in (unmarked, foreign):
         admin.execute(f'CREATE DATABASE "{name}"')
     for name in (dead, live):
-        marker = Marker("worker", run_id=suffix, owner=name, created="2026-01-01T00:00:00+00:00")
+        marker = Marker(
+            "worker", run_id=run, owner=name, project=project, created="2026-01-01T00:00:00+00:00"
+        )
         admin.execute(f'CREATE DATABASE "{name}"')
         admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{marker.to_comment()}'")
-    env = {**os.environ, "PGTEMPLATE_URL": SERVER_URL}
+    env = {**os.environ, "PGTEMPLATE_URL": server_url}
     try:
-        with psycopg.connect(SERVER_URL, autocommit=True) as holder:
+        with psycopg.connect(server_url, autocommit=True) as holder:
             holder.execute("SELECT pg_advisory_lock(%s, %s)", (LIVENESS_CLASS, lock_key(live)))
-            listed = json.loads(_cli(env, "list", "--json"))
-            alive = {row["name"]: row["alive"] for row in listed}
-            assert alive[dead] == "no"
-            assert alive[live] == "yes"
-            dry = {row["name"] for row in json.loads(_cli(env, "gc", "--dry-run", "--json"))}
+            listed = json.loads(_cli(env, "list", "--json", "--run", run))
+            alive = {row["name"]: row["alive"] in (True, "yes") for row in listed}
+            if dead not in alive or unmarked not in alive:  # only on a shared server
+                pytest.skip("another run's sweep dropped this test's dead databases first")
+            assert not alive[dead]
+            assert alive[live]
+            dry = {
+                row["name"]
+                for row in json.loads(_cli(env, "gc", "--dry-run", "--json", "--run", run))
+            }
             assert dead in dry
             assert unmarked in dry
             assert live not in dry
             assert foreign not in dry
             assert dead in plugin_databases(admin), "--dry-run drops nothing"
-            _cli(env, "gc")
+            _cli(env, "gc", "--run", run)
             assert dead not in plugin_databases(admin)
             assert live in plugin_databases(admin)
             assert unmarked not in all_databases(admin)
             assert foreign in all_databases(admin)
             admin.execute(f'CREATE DATABASE "{template}"')
-            project = f"gctest{suffix}"
             comment = Marker("template", fingerprint=suffix, project=project).to_comment()
             admin.execute(f"COMMENT ON DATABASE \"{template}\" IS '{comment}'")
-            _cli(env, "gc")
+            finished = "IS_TEMPLATE true ALLOW_CONNECTIONS false"  # an unfinished one is swept
+            admin.execute(f'ALTER DATABASE "{template}" WITH {finished}')
+            _cli(env, "gc", "--project", project)
             assert template in plugin_databases(admin), "templates stay without --templates"
-            _cli(env, "gc", "--templates", "--project", "some-other-project")
+            _cli(env, "gc", "--templates", "--project", new_project_name())
             assert template in plugin_databases(admin), "--project scopes --templates"
             _cli(env, "gc", "--templates", "--project", project)  # never others' templates
             assert template not in plugin_databases(admin)

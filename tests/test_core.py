@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import uuid
 
-from conftest import InnerProject, plugin_databases
+from conftest import InnerProject
 
 RECORD_DATABASES = """
     import pytest
@@ -27,7 +28,7 @@ def test_migrations_run_once_and_each_worker_has_its_own_database(project: Inner
     used = set((project.path / "databases.txt").read_text().split())
     assert len(used) == 2
     assert all(re.fullmatch(r"pgtemplate_[0-9a-f]{12}_gw[01]", name) for name in used)
-    assert not used & plugin_databases(project.admin), "worker databases must be dropped"
+    assert not used & project.databases(), "worker databases must be dropped"
 
 
 def test_without_xdist_the_worker_is_main(project: InnerProject) -> None:
@@ -90,15 +91,15 @@ def test_header_names_the_server_and_where_settings_came_from(project: InnerProj
     result = project.run("--pgtemplate-reset", "truncate-all")
     result.stdout.fnmatch_lines(
         [
-            "pgtemplate: server postgresql://postgres@127.0.0.1:5432/postgres (ini), "
-            "schema from *alembic.ini, reset truncate-all (cli)"
+            f"pgtemplate: server {project.server_url} (ini), "
+            "schema from *alembic.ini*, reset truncate-all (cli)*"
         ]
     )
 
 
 def test_export_env_is_set_before_test_modules_are_imported(project: InnerProject) -> None:
     project.write_ini(
-        pgtemplate_url="postgresql://postgres@127.0.0.1:5432/postgres",
+        pgtemplate_url=project.server_url,
         pgtemplate_export_env="DATABASE_URL, OTHER_URL",
     )
     project.write_tests(
@@ -142,8 +143,11 @@ def test_worker_database_urls_work_for_asyncpg_psycopg_and_libpq(project: InnerP
 
 
 def test_create_all_callable_instead_of_alembic(project: InnerProject) -> None:
+    # Unique per run (the fingerprint covers the file), so no template an earlier, killed run
+    # left behind is ever reused: that would leave migrations_run() at 0, for good.
     project.pytester.makepyfile(
-        schema="""
+        schema=f"""
+        # {uuid.uuid4().hex}
         import os
         from sqlalchemy import Column, Integer, MetaData, String, Table
         from sqlalchemy.ext.asyncio import create_async_engine
@@ -161,7 +165,7 @@ def test_create_all_callable_instead_of_alembic(project: InnerProject) -> None:
         """
     )
     project.write_ini(
-        pgtemplate_url="postgresql://postgres@127.0.0.1:5432/postgres",
+        pgtemplate_url=project.server_url,
         pgtemplate_migrate="schema:create_all",
         pythonpath=".",
         asyncio_mode="auto",

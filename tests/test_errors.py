@@ -10,9 +10,9 @@ import psycopg
 
 from _harness import with_database, with_user
 from conftest import InnerProject
+from pytest_pgtemplate._lease import build_lock_key
 from pytest_pgtemplate._migrate import AlembicMigrator
 from pytest_pgtemplate._naming import template_name
-from pytest_pgtemplate._lease import build_lock_key
 from pytest_pgtemplate._template import template_fingerprint
 
 USES_DATABASE = """

@@ -147,6 +147,7 @@ def test_an_interrupted_run_leaves_no_postgres_behind(
         import time
 
         def test_slow(pg_database):
+            open("entered", "w").close()
             time.sleep(120)
         """
     )
@@ -158,8 +159,8 @@ def test_an_interrupted_run_leaves_no_postgres_behind(
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert wait_for(lambda: postgres_processes(cache_dir) > 0, 60), "server never started"
-        time.sleep(1)  # let the worker clone its database and enter the test
+        entered = project.path / "entered"
+        assert wait_for(entered.exists, 60), "the worker never entered the test"
         os.killpg(run.pid, how)
         run.wait(60)
         assert wait_for(lambda: postgres_processes(cache_dir) == 0, 15), "postgres outlived run"

@@ -8,7 +8,8 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import SERVER_URL, InnerProject, drop_database
+from _harness import drop_database, with_database
+from conftest import InnerProject
 from pytest_pgtemplate import ResetError
 from pytest_pgtemplate._reset import open_resetter
 
@@ -43,17 +44,26 @@ def test_truncate_is_the_default_and_the_marker_overrides_it(project: InnerProje
         import pytest
         from sqlalchemy import text
 
+        import asyncpg
+
         @pytest.mark.pgtemplate(reset="truncate-all")
         async def test_1_classic(pg_session):
             assert await pg_session.scalar(text("SELECT count(*) FROM category")) == 3
 
-        async def test_2_seed_rows_were_wiped_by_truncate_all(pg_session):
-            assert await pg_session.scalar(text("SELECT count(*) FROM category")) == 0
+        async def test_2_seed_rows_were_wiped_by_truncate_all(pg_worker_database):
+            conn = await asyncpg.connect(pg_worker_database.libpq_url)  # no pg_database: as left
+            assert await conn.fetchval("SELECT count(*) FROM category") == 0
+            await conn.close()
+
+        async def test_3_a_test_that_asks_for_the_database_starts_in_the_templates_state(
+            pg_session,
+        ):
+            assert await pg_session.scalar(text("SELECT count(*) FROM category")) == 3
         """
     )
     result = project.run("-p", "no:xdist")
-    result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["pgtemplate: * reset truncate (default)"])
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["pgtemplate: * reset truncate (default), project *"])
 
 
 def test_rollback_also_undoes_other_connections(project: InnerProject) -> None:
@@ -125,7 +135,7 @@ def test_engine_and_session_work_with_every_loop_scope(
     project: InnerProject, loop_scope: str
 ) -> None:
     project.write_ini(
-        pgtemplate_url=SERVER_URL,
+        pgtemplate_url=project.server_url,
         asyncio_mode="auto",
         asyncio_default_fixture_loop_scope="function",
         asyncio_default_test_loop_scope=loop_scope,
@@ -179,10 +189,12 @@ def test_keep_failed_keeps_a_copy_and_prints_its_url(project: InnerProject) -> N
         assert kept.execute("SELECT email FROM customer").fetchall() == [("kept@x",)]
 
 
-def test_reset_refuses_a_database_the_plugin_did_not_create(admin: psycopg.Connection) -> None:
-    name = f"pgtemplate_foreign_{uuid.uuid4().hex[:8]}"
+def test_reset_refuses_a_database_the_plugin_did_not_create(
+    admin: psycopg.Connection, server_url: str
+) -> None:
+    name = f"pgtemplate_foreign_{uuid.uuid4().hex[:8]}"  # its own: the only one it drops
     admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    dsn = with_database(server_url, name)
     try:
         with pytest.raises(ResetError, match="carries no pytest-pgtemplate worker marker"):
             asyncio.run(open_resetter(dsn, name, 5, None))
@@ -190,9 +202,9 @@ def test_reset_refuses_a_database_the_plugin_did_not_create(admin: psycopg.Conne
         drop_database(admin, name)
 
 
-def test_reset_refuses_when_the_connection_is_to_another_database() -> None:
+def test_reset_refuses_when_the_connection_is_to_another_database(server_url: str) -> None:
     async def attempt() -> None:
-        await open_resetter(SERVER_URL, "pgtemplate_some_worker", 5, None)
+        await open_resetter(server_url, "pgtemplate_some_worker", 5, None)
 
     with pytest.raises(ResetError, match="refusing to reset"):
         asyncio.run(attempt())

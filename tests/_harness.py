@@ -1,0 +1,129 @@
+"""The suite's server and its clean-up, kept apart from pytest's hooks so both stay small.
+
+By default each process that runs tests starts a PostgreSQL server of its own with the plugin's
+library (a numbered slot in a cache only this suite uses, on tmpfs, stopped at the end, reaped
+if the process is killed), so the suite needs no server and concurrent runs never meet.
+``PGTEMPLATE_TEST_URL`` points the suite at an external server instead, which other people may
+share: there the suite drops only databases it can prove are its own (``Owned``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from pytest_pgtemplate._embedded import EmbeddedServer, cache_root, stop
+from pytest_pgtemplate._local_server import LocalServerRequest, start_now
+from pytest_pgtemplate._naming import Marker
+
+ENV_VAR = "PGTEMPLATE_TEST_URL"
+PROJECT_PREFIX = "pgtsuite_"
+"""Every inner project's ``pgtemplate_project`` starts so; the rest is random."""
+
+_SYSTEM_DATABASES = ("postgres", "template0", "template1")
+_RUN_DATABASE = re.compile(r"pgtemplate_([0-9a-f]{12})_[a-z0-9_]+")
+_LISTING = (
+    "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database"
+    " WHERE datname LIKE 'pgtemplate\\_%'"
+)
+
+
+def new_project_name() -> str:
+    return PROJECT_PREFIX + secrets.token_hex(6)
+
+
+def suite_cache() -> Path:
+    """Next to the plugin's default cache, never shared with a user's own runs."""
+    return Path(f"{cache_root()}-suite")
+
+
+@dataclass
+class SuiteServer:
+    """The server this process's tests use; ``embedded`` is set when this process started it."""
+
+    url: str
+    embedded: EmbeddedServer | None = None
+
+    @classmethod
+    def open(cls) -> SuiteServer:
+        external = os.environ.get(ENV_VAR)
+        if external:
+            return cls(external)
+        request = LocalServerRequest(
+            owner_pid=os.getpid(), bin_dir=None, cache_dir=suite_cache(), fresh=False
+        )
+        server = start_now(request)
+        suite = cls(server.url, server)
+        suite.drop_leftovers()
+        return suite
+
+    def drop_leftovers(self) -> None:
+        """A warm start inherits what a killed run of the suite left: the server is ours alone."""
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            rows = admin.execute("SELECT datname FROM pg_database").fetchall()
+            for (name,) in rows:
+                if name not in _SYSTEM_DATABASES:
+                    drop_database(admin, name)
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            stop(self.embedded)
+            self.embedded = None
+
+
+@dataclass
+class Owned:
+    """What one test made on the server: its projects' databases, and names it created by hand.
+
+    A database is ours when its marker names one of ``projects`` (every project name is random),
+    or when it is unmarked and named ``pgtemplate_<run>_...`` for one of those databases' runs:
+    a worker killed between CREATE DATABASE and COMMENT leaves such a one.
+    """
+
+    projects: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+
+    def databases(self, admin: psycopg.Connection) -> dict[str, str]:
+        """Name -> kind (``template``, ``worker``, ``kept``; ``worker`` for unmarked ones)."""
+        markers = {name: Marker.from_comment(comment) for name, comment in admin.execute(_LISTING)}
+        marked = {
+            name: marker
+            for name, marker in markers.items()
+            if marker is not None and marker.project in self.projects
+        }
+        runs = {marker.run_id for marker in marked.values() if marker.run_id}
+        found: dict[str, str] = {name: marker.kind for name, marker in marked.items()}
+        for name, marker in markers.items():
+            if marker is None and (match := _RUN_DATABASE.fullmatch(name)) and match[1] in runs:
+                found[name] = "worker"
+        return found
+
+    def drop_all(self, admin: psycopg.Connection) -> None:
+        for name in sorted(set(self.databases(admin)) | self.names):
+            drop_database(admin, name)
+
+
+def drop_database(conn: psycopg.Connection, name: str) -> None:
+    """Tolerates a database that went away meanwhile (its own run dropped it)."""
+    try:
+        conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+    except psycopg.errors.InvalidCatalogName:
+        return
+    except psycopg.errors.ObjectNotInPrerequisiteState:
+        pass  # an interrupted DROP left it invalid: dropping it again finishes the job
+    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def with_database(url: str, database: str) -> str:
+    return url.rsplit("/", 1)[0] + "/" + database
+
+
+def with_user(url: str, user: str) -> str:
+    """``url`` with another role; the test servers use trust auth, so no password."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{user}@{rest.split('@', 1)[-1]}"

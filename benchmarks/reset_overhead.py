@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from pytest_pgtemplate._databases import drop
-from pytest_pgtemplate._snapshot import RestoreStats, Snapshot, capture, restore
+from pytest_pgtemplate.databases import drop
+from pytest_pgtemplate.reset.snapshot import RestoreStats, Snapshot, capture, restore
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 Reset = Callable[[asyncpg.Connection], Awaitable[object]]

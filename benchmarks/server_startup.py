@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from pytest_pgtemplate._binaries import find_binaries
-from pytest_pgtemplate._embedded import start, stop
+from pytest_pgtemplate.server.binaries import find_binaries
+from pytest_pgtemplate.server.embedded import start, stop
 
 
 def one_round(cache: Path, bin_dir: str | None) -> tuple[float, float, float]:

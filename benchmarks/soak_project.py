@@ -37,7 +37,7 @@ def log(variable, **fields):
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
-    from pytest_pgtemplate.plugin import PROVISIONER
+    from pytest_pgtemplate.stash import PROVISIONER
 
     identity = config.stash[PROVISIONER].identity
     log("SOAK_EVENTS", event="configure", run_id=identity.run_id)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psycopg
 
-from pytest_pgtemplate._embedded import EmbeddedServer, cache_root, stop
-from pytest_pgtemplate._local_server import LocalServerRequest, start_now
-from pytest_pgtemplate._naming import Marker
+from pytest_pgtemplate.naming import Marker
+from pytest_pgtemplate.server.embedded import EmbeddedServer, cache_root, stop
+from pytest_pgtemplate.server.local import LocalServerRequest, start_now
 
 ENV_VAR = "PGTEMPLATE_TEST_URL"
 PROJECT_PREFIX = "pgtsuite_"

@@ -17,8 +17,8 @@ import pytest
 
 from _harness import drop_database, new_project_name
 from conftest import InnerProject, plugin_databases
-from pytest_pgtemplate._liveness import LIVENESS_CLASS, lock_key
-from pytest_pgtemplate._naming import Marker
+from pytest_pgtemplate.naming import Marker
+from pytest_pgtemplate.sweep import LIVENESS_CLASS, lock_key
 
 SLOW = """
 import time

@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_pgtemplate._liveness import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
-from pytest_pgtemplate._naming import Marker
+from pytest_pgtemplate.naming import Marker
+from pytest_pgtemplate.sweep import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
 
 CREATED = "2026-01-01T00:00:00+00:00"
 

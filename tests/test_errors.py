@@ -10,10 +10,10 @@ import psycopg
 
 from _harness import with_database, with_user
 from conftest import InnerProject
-from pytest_pgtemplate._lease import build_lock_key
-from pytest_pgtemplate._migrate import AlembicMigrator
-from pytest_pgtemplate._naming import template_name
-from pytest_pgtemplate._template import template_fingerprint
+from pytest_pgtemplate.lease import build_lock_key
+from pytest_pgtemplate.migrators import AlembicMigrator
+from pytest_pgtemplate.naming import template_name
+from pytest_pgtemplate.template import template_fingerprint
 
 USES_DATABASE = """
 def test_uses_database(pg_database):

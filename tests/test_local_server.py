@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import InnerProject
-from pytest_pgtemplate._embedded import stop_data_dir
+from pytest_pgtemplate.server.embedded import stop_data_dir
 
 USES_DATABASE = """
     import pytest

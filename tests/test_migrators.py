@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from pytest_pgtemplate._errors import ConfigurationError, MigrationError
-from pytest_pgtemplate._fingerprint import hash_parts
+from pytest_pgtemplate.errors import ConfigurationError, MigrationError
+from pytest_pgtemplate.fingerprint import hash_parts
 from pytest_pgtemplate.migrators import AlembicMigrator, CallableMigrator, MetadataMigrator
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ import asyncpg
 import psycopg
 
 from conftest import InnerProject
-from pytest_pgtemplate._lease import LIVENESS_CLASS, build_lock_key, lock_key
-from pytest_pgtemplate._liveness import drop_entries, inventory, sweepable
-from pytest_pgtemplate._naming import Marker
+from pytest_pgtemplate.lease import LIVENESS_CLASS, build_lock_key, lock_key
+from pytest_pgtemplate.naming import Marker
+from pytest_pgtemplate.sweep import drop_entries, inventory, sweepable
 
 
 def conninfo_url(admin: psycopg.Connection, user: str = "postgres") -> str:
@@ -215,7 +215,7 @@ def test_a_lost_lease_is_taken_again_before_the_next_test(project: InnerProject)
     project.write_tests(
         f"""
         import psycopg
-        from pytest_pgtemplate._lease import LIVENESS_CLASS, lock_key
+        from pytest_pgtemplate.lease import LIVENESS_CLASS, lock_key
 
         URL = {conninfo_url(project.admin)!r}
         HOLDERS = (

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pytest_pgtemplate import ConfigurationError
-from pytest_pgtemplate._naming import Marker, worker_database_name
-from pytest_pgtemplate._settings import Option, resolve
+from pytest_pgtemplate.naming import Marker, worker_database_name
+from pytest_pgtemplate.settings import Option, resolve
 
 
 def _lookup(cli: dict[str, str], ini: dict[str, str]):  # type: ignore[no-untyped-def]

@@ -23,11 +23,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from pytest_pgtemplate._databases import drop
-from pytest_pgtemplate._errors import ResetError
-from pytest_pgtemplate._naming import Marker, quote_literal
-from pytest_pgtemplate._reset import ResetOutcome, Resetter, open_resetter
-from pytest_pgtemplate._snapshot import RestoreStats, Snapshot, capture, restore
+from pytest_pgtemplate.databases import drop
+from pytest_pgtemplate.errors import ResetError
+from pytest_pgtemplate.naming import Marker, quote_literal
+from pytest_pgtemplate.reset.resetter import ResetOutcome, Resetter, open_resetter
+from pytest_pgtemplate.reset.snapshot import RestoreStats, Snapshot, capture, restore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SERVER_URL = os.environ.get("PGTEMPLATE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -11,7 +11,7 @@ import pytest
 from _harness import drop_database, with_database
 from conftest import InnerProject
 from pytest_pgtemplate import ResetError
-from pytest_pgtemplate._reset import open_resetter
+from pytest_pgtemplate.reset.resetter import open_resetter
 
 SEEDS_SURVIVE = """
     import pytest

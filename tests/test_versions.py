@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import InnerProject
-from pytest_pgtemplate._embedded import stop_data_dir
+from pytest_pgtemplate.server.embedded import stop_data_dir
 
 BINARIES_ENV = "PGTEMPLATE_TEST_PG_BINARIES"
 

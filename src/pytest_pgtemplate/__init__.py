@@ -1,6 +1,7 @@
 """pytest-pgtemplate: a template-cloned PostgreSQL database for every pytest-xdist worker."""
 
-from ._errors import (
+from ._version import __version__
+from .errors import (
     ConfigurationError,
     InsufficientPrivilegeError,
     LockTimeoutError,
@@ -10,23 +11,32 @@ from ._errors import (
     ResetError,
     ServerUnavailableError,
 )
-from ._server import ServerInfo
-from ._template import TemplateInfo
-from ._version import __version__
-from ._worker import WorkerDatabase
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .fixtures import async_worker_database
+    from .server.admin import ServerInfo
+    from .template import TemplateInfo
+    from .worker import WorkerDatabase
+
+_LAZY = {
+    "ServerInfo": "server.admin",
+    "TemplateInfo": "template",
+    "WorkerDatabase": "worker",
+    "async_worker_database": "fixtures",
+}
 
 
 def __getattr__(name: str) -> object:
-    """``async_worker_database`` is pytest-facing: imported on use, so the CLI needs no pytest."""
-    if name == "async_worker_database":
-        from .fixtures import async_worker_database
+    """Imported on first use: the ``pgtemplate`` command needs neither pytest nor SQLAlchemy's
+    engine machinery, and importing them costs it a second."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return async_worker_database
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [

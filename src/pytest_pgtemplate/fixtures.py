@@ -1,4 +1,4 @@
-"""The public fixtures. Each is thin and overridable in a conftest; the work is in _provision."""
+"""The public fixtures. Each is thin and overridable in a conftest; the work is in provision.py."""
 
 from __future__ import annotations
 
@@ -16,19 +16,17 @@ from sqlalchemy.ext.asyncio import (
     AsyncTransaction,
 )
 
-from ._engines import BoundEngine, LoopRunner, pooled_engine, unbound_engine
-from ._errors import PgTemplateError, PgTemplateWarning
-from ._provision import Provisioner
-from ._reset import ResetOutcome
-from ._server import ServerInfo
-from ._settings import RESET_STRATEGIES, choice_error
-from ._template import TemplateInfo
-from ._worker import WorkerDatabase
+from .engines import BoundEngine, LoopRunner, pooled_engine, unbound_engine
+from .errors import PgTemplateError, PgTemplateWarning
+from .provision import Provisioner
+from .reset.resetter import ResetOutcome
+from .server.admin import ServerInfo
+from .settings import RESET_STRATEGIES, choice_error
+from .stash import CURRENT_ENGINE, PROVISIONER, USED_DATABASE
+from .template import TemplateInfo
+from .worker import WorkerDatabase
 
 _LOOP_SCOPES = ("function", "class", "module", "package", "session")
-_CURRENT_ENGINE = pytest.StashKey[BoundEngine]()
-USED_DATABASE = pytest.StashKey[WorkerDatabase]()
-"""Set on a test that used the worker database (for ``--pgtemplate-keep-failed``)."""
 
 
 @contextmanager
@@ -41,8 +39,6 @@ def _user_errors() -> Iterator[None]:
 
 
 def _provisioner(request: pytest.FixtureRequest) -> Provisioner:
-    from .plugin import PROVISIONER
-
     return request.config.stash[PROVISIONER]
 
 
@@ -134,7 +130,7 @@ def pg_session(request: pytest.FixtureRequest, pg_engine: AsyncEngine) -> Iterat
     Under ``reset="rollback"`` it joins an outer transaction through savepoints, so the test's
     ``commit()`` works and the outer rollback undoes everything.
     """
-    bound = request.node.stash[_CURRENT_ENGINE]
+    bound = request.node.stash[CURRENT_ENGINE]
     if reset_strategy(request) == "rollback":
         yield from _session_in_outer_transaction(bound)
         return
@@ -183,7 +179,7 @@ def _bound_engine(request: pytest.FixtureRequest, database: WorkerDatabase) -> B
     if bound is None:
         bound = unbound_engine(database.url, database.generation)
     bound.refresh(database.generation)
-    request.node.stash[_CURRENT_ENGINE] = bound
+    request.node.stash[CURRENT_ENGINE] = bound
     return bound
 
 

@@ -12,18 +12,16 @@ from typing import Any
 import pytest
 
 from . import fixtures, sync_fixtures
-from ._errors import ConfigurationError, PgTemplateError, PgTemplateWarning
-from ._local_server import describe as describe_local
-from ._local_server import start_now, stop_owned
-from ._naming import new_run_id, run_id_from_testrun_uid
-from ._provision import Provisioner, RunIdentity
-from ._report import Report, summary_lines
-from ._settings import OPTIONS, Option, resolve
-from ._urls import parse_server_url
+from .errors import ConfigurationError, PgTemplateError, PgTemplateWarning
+from .naming import new_run_id, run_id_from_testrun_uid
+from .provision import Provisioner, RunIdentity
+from .report import Report, summary_lines
+from .server.local import describe as describe_local
+from .server.local import start_now, stop_owned
+from .settings import OPTIONS, Option, resolve
+from .stash import CRASHED, PROVISIONER, USED_DATABASE, WORKER_REPORTS
+from .urls import parse_server_url
 
-PROVISIONER = pytest.StashKey[Provisioner]()
-_WORKER_REPORTS = pytest.StashKey[list[Report]]()
-_CRASHED = pytest.StashKey[bool]()
 _MARKER_HELP = (
     "pgtemplate(reset=STRATEGY): the test uses its worker's database (as if it asked for "
     "pg_database) and resets it with STRATEGY afterwards"
@@ -68,7 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     provisioner = Provisioner(settings, identity, config.rootpath)
     config.stash[PROVISIONER] = provisioner
-    config.stash[_WORKER_REPORTS] = []
+    config.stash[WORKER_REPORTS] = []
     config.pluginmanager.register(fixtures, "pgtemplate-fixtures")
     config.pluginmanager.register(sync_fixtures, "pgtemplate-sync-fixtures")
     if not workerinput and settings.export_env and not settings.url.value:
@@ -120,9 +118,9 @@ class XdistHooks:
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         report = getattr(node, "workeroutput", {}).get("pgtemplate")
         if report:
-            node.config.stash[_WORKER_REPORTS].append(Report.from_wire(report))
+            node.config.stash[WORKER_REPORTS].append(Report.from_wire(report))
         if error is not None:
-            node.config.stash[_CRASHED] = True
+            node.config.stash[CRASHED] = True
 
 
 @pytest.hookimpl(wrapper=True)
@@ -132,7 +130,7 @@ def pytest_runtest_makereport(
     """``--pgtemplate-keep-failed``: copy the failed test's database before the reset empties it."""
     report = yield
     provisioner = item.config.stash[PROVISIONER]
-    database = item.stash.get(fixtures.USED_DATABASE, None)
+    database = item.stash.get(USED_DATABASE, None)
     if report.failed and call.when == "call" and database and provisioner.settings.keep_failed:
         try:
             line = f"database kept for inspection: psql {database.keep_copy()}"
@@ -171,7 +169,7 @@ def _schema_source(provisioner: Provisioner) -> str:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    if config.stash.get(_CRASHED, False):
+    if config.stash.get(CRASHED, False):
         try:
             config.stash[PROVISIONER].sweep_after_crash()
         except PgTemplateError as exc:
@@ -183,7 +181,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    reports = config.stash[_WORKER_REPORTS].copy()
+    reports = config.stash[WORKER_REPORTS].copy()
     own = config.stash[PROVISIONER].report
     if own.worth_reporting:
         reports.append(own)

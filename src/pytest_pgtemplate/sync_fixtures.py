@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
-from ._worker import WorkerDatabase
+from .worker import WorkerDatabase
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._settings import Settings
+from ..settings import Settings
 from ._alembic import AlembicMigrator
 from ._base import Migrator, Verified, describe_error
 from ._callable import CallableMigrator

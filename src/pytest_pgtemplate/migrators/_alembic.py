@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import URL
 
-from .._errors import MigrationError
-from .._urls import with_driver
+from ..errors import MigrationError
+from ..urls import with_driver
 from ._base import Verified, exported, heads_match
 from ._failures import (
     anyio_message,

@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 
-from .._errors import ConfigurationError, MigrationError
-from .._fingerprint import PackageFiles, declared_files, file_parts, labelled, package_files
-from .._urls import with_driver
+from ..errors import ConfigurationError, MigrationError
+from ..fingerprint import PackageFiles, declared_files, file_parts, labelled, package_files
+from ..urls import with_driver
 from ._base import Verified, describe_error, exported, heads_match, run_coroutine
 from ._checks import check_contents
 from ._scripts import AlembicScripts

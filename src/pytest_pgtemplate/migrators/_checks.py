@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL
 
-from .._errors import MigrationError
+from ..errors import MigrationError
 from ._base import Verified
 from ._failures import elsewhere_message, empty_message
 from ._inspect import inspect_database

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy.engine import URL
 
-from .._naming import quote_ident
-from .._urls import libpq
+from ..naming import quote_ident
+from ..urls import libpq
 from ._base import Verified, run_coroutine
 
 # Alembic's version table: ``alembic_version`` by default, any name with ``version_table=``;

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import URL
 
-from .._errors import ConfigurationError, MigrationError
-from .._naming import quote_ident
-from .._urls import with_driver
+from ..errors import ConfigurationError, MigrationError
+from ..naming import quote_ident
+from ..urls import with_driver
 from ._base import Verified, describe_error, exported, heads_match, run_coroutine
 from ._checks import check_contents
 from ._scripts import AlembicScripts

@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._errors import ConfigurationError
-from .._fingerprint import files_under
+from ..errors import ConfigurationError
+from ..fingerprint import files_under
 
 _SEPARATORS = {"space": " ", "newline": "\n", "os": os.pathsep, ":": ":", ";": ";"}
 _REVISION_FILE = re.compile(r"(?!\.#|__init__)(.*\.py)$")  # alembic's _only_source_rev_file

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import ConfigurationError
+from ..errors import ConfigurationError
 
 
 @dataclass(frozen=True)

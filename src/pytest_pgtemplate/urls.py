@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from ._errors import ConfigurationError
+from .errors import ConfigurationError
 
 _POSTGRES_BACKENDS = ("postgresql", "postgres")
 

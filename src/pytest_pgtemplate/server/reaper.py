@@ -1,6 +1,6 @@
 """The embedded server's postmaster as a process: its pidfile, readiness, stopping; the reaper.
 
-Run as a script, ``python _reaper.py OWNER_PID OWNER_STARTED DATA_DIR`` guards one slot from the
+Run as a script, ``python reaper.py OWNER_PID OWNER_STARTED DATA_DIR`` guards one slot from the
 moment it is claimed, before initdb and ``pg_ctl start``: a run killed anywhere during start-up
 must not leave a postmaster behind. While the owner lives it only waits; it leaves when the slot
 is released (``owner.json`` gone or naming another run) or when the server recorded there has

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import asyncpg
 from sqlalchemy.engine import URL
 
-from ._errors import ConfigurationError, PgTemplateError
-from ._server import connect
-from ._urls import redacted
+from .errors import ConfigurationError, PgTemplateError
+from .server.admin import connect
+from .urls import redacted
 
 LIVENESS_CLASS = 0x70677476  # "pgtv"
 TEMPLATE_USE_CLASS = 0x70677475  # "pgtu"

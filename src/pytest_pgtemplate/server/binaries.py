@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import ConfigurationError
+from ..errors import ConfigurationError
 
 TOOLS = ("initdb", "pg_ctl", "postgres")
 _HOW_TO_GET_POSTGRES = (

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from ._errors import ResetError
-from ._naming import Marker
-from ._snapshot import RestoreStats, Snapshot, capture, restore
+from ..errors import ResetError
+from ..naming import Marker
+from .snapshot import RestoreStats, Snapshot, capture, restore
 
 _LOCK_TIMEOUT = "10s"
 # Seconds a transaction still open when the reset starts may take to finish before its

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from ._binaries import find_binaries
-from ._embedded import EmbeddedServer, cache_root, read_running, start, stop
-from ._errors import LockTimeoutError
+from ..errors import LockTimeoutError
+from .binaries import find_binaries
+from .embedded import EmbeddedServer, cache_root, read_running, start, stop
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ._liveness import Entry
+from ..sweep import Entry
 
 COLUMNS = ("name", "project", "kind", "run", "template", "alive", "size_mb", "age_seconds")
 _HEADERS = {"size_mb": "SIZE_MB", "age_seconds": "AGE"}

@@ -20,15 +20,15 @@ import asyncpg
 from filelock import FileLock, Timeout
 from sqlalchemy.engine import URL
 
-from . import _databases
-from ._aio import BackgroundLoop
-from ._errors import LockTimeoutError, MigrationError, PgTemplateError
-from ._fingerprint import hash_parts
-from ._lease import Lease, build_lock_key
-from ._migrate import Migrator, Verified
-from ._naming import Marker, now_iso
-from ._urls import for_database
+from . import databases
 from ._version import __version__
+from .aio import BackgroundLoop
+from .errors import LockTimeoutError, MigrationError, PgTemplateError
+from .fingerprint import hash_parts
+from .lease import Lease, build_lock_key
+from .migrators import Migrator, Verified
+from .naming import Marker, now_iso
+from .urls import for_database
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,15 @@ def ensure_template(
             raise MigrationError(request.failure_note.read_text())
         if _trusted(loop, admin, request):
             return TemplateInfo(request.name, request.fingerprint, reused=True)
-        loop.run(_databases.drop(admin, request.name))  # unfinished, or built from other heads
+        loop.run(databases.drop(admin, request.name))  # unfinished, or built from other heads
         return _build(loop, admin, request)
 
 
 def _trusted(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest) -> bool:
     """Finished (marked as the build's last step) and at the migrations' current heads."""
-    if loop.run(_databases.state(admin, request.name)) != "finished":
+    if loop.run(databases.state(admin, request.name)) != "finished":
         return False
-    marker = loop.run(_databases.read_marker(admin, request.name))
+    marker = loop.run(databases.read_marker(admin, request.name))
     return marker is not None and request.migrator.heads_match(marker.alembic)
 
 
@@ -104,17 +104,17 @@ def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildReques
     marker = Marker(
         "template", fingerprint=request.fingerprint, project=request.project, created=now_iso()
     )
-    loop.run(_databases.create_empty(admin, request.name, marker))
+    loop.run(databases.create_empty(admin, request.name, marker))
     try:
         verified = _run_without_event_loop(
             request.migrator, for_database(request.server_url, request.name)
         )
         if verified.marker_text:
             marker = replace(marker, alembic=verified.marker_text)
-            loop.run(_databases.set_marker(admin, request.name, marker))
-        loop.run(_databases.mark_finished(admin, request.name))
+            loop.run(databases.set_marker(admin, request.name, marker))
+        loop.run(databases.mark_finished(admin, request.name))
     except BaseException as exc:
-        loop.run(_databases.drop(admin, request.name))
+        loop.run(databases.drop(admin, request.name))
         if isinstance(exc, MigrationError):
             request.failure_note.write_text(str(exc))
         raise

@@ -18,12 +18,12 @@ from typing import NoReturn
 
 import asyncpg
 
-from ._cli_table import row, table, total_mb
-from ._errors import PgTemplateError
-from ._inifile import project_here, server_url
-from ._liveness import Entry, drop_entries, inventory, sweepable
-from ._server import connect
-from ._urls import parse_server_url
+from ..errors import PgTemplateError
+from ..server.admin import connect
+from ..sweep import Entry, drop_entries, inventory, sweepable
+from ..urls import parse_server_url
+from .config import project_here, server_url
+from .table import row, table, total_mb
 
 CONNECT_TIMEOUT = 10.0
 EXIT_REFUSED, EXIT_ERROR, EXIT_SIGPIPE, EXIT_INTERRUPTED = 1, 2, 141, 130

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import ConfigurationError
+from .errors import ConfigurationError
 
 RESET_STRATEGIES = ("truncate", "truncate-all", "rollback", "recreate")
 DEFAULT_RESET = "truncate"

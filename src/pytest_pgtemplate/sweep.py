@@ -1,7 +1,7 @@
 """Which of the plugin's databases belong to a live run, and dropping those that do not.
 
 A live process holds an advisory lock per database it owns, and a shared one per template it
-clones, on its lease connection (``_lease``). The listing's ``alive`` column reads pg_locks, for
+clones, on its lease connection (``lease``). The listing's ``alive`` column reads pg_locks, for
 display only: a database is dropped only while this connection holds its owner's lock itself
 (``pg_try_advisory_lock`` succeeded), which a live owner makes impossible, at the moment of the
 DROP, not a moment before. The databases are listed first and judged second, so a worker that
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from . import _databases
-from ._lease import LIVENESS_CLASS, TEMPLATE_USE_CLASS, build_lock_key, lock_key
-from ._naming import PREFIX, Marker
+from . import databases
+from .lease import LIVENESS_CLASS, TEMPLATE_USE_CLASS, build_lock_key, lock_key
+from .naming import PREFIX, Marker
 
 __all__ = [
     "LIVENESS_CLASS",
@@ -153,7 +153,7 @@ async def drop_entries(admin: asyncpg.Connection, entries: list[Entry]) -> DropR
                 if not claimed:
                     result.alive.append(entry)
                 elif await _still_ours(admin, entry):
-                    await _databases.drop(admin, entry.name)
+                    await databases.drop(admin, entry.name)
                     result.dropped.append(entry)
         except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError) as exc:
             result.refused.append(f"{entry.name}: {exc}")

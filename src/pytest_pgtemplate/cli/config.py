@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._errors import ConfigurationError
-from ._settings import OPTIONS_BY_NAME, default_project
+from ..errors import ConfigurationError
+from ..settings import OPTIONS_BY_NAME, default_project
 
 CONFIG_NAMES = (
     "pytest.toml",

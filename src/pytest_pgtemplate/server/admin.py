@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy.engine import URL
 
-from ._errors import InsufficientPrivilegeError, PgTemplateError, ServerUnavailableError
-from ._urls import libpq, redacted
+from ..errors import InsufficientPrivilegeError, PgTemplateError, ServerUnavailableError
+from ..urls import libpq, redacted
 
 MIN_VERSION_NUM = (
     140000  # the oldest major the test suite runs on (13 would lack idle_session_timeout)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from ._naming import Marker, quote_ident, quote_literal
+from .naming import Marker, quote_ident, quote_literal
 
 _CLONE_RETRY_SECONDS = 30.0
 _LIST_SETTINGS = frozenset(

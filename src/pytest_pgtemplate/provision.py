@@ -14,23 +14,23 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import URL, make_url
 
-from . import _databases
-from ._aio import BackgroundLoop
-from ._databases import clone_options
-from ._embedded import read_running
-from ._errors import ConfigurationError
-from ._lease import Lease
-from ._liveness import DropResult, Entry, drop_entries, inventory, surplus_templates, sweepable
-from ._local_server import LocalServerRequest, ensure_started
-from ._local_server import describe as describe_local
-from ._migrate import Migrator, build_migrator
-from ._naming import Marker, empty_name, now_iso, template_name, worker_database_name
-from ._report import Report
-from ._server import DRIVER_ERRORS, ServerInfo, connect, describe, driver_errors
-from ._settings import Settings
-from ._template import BuildRequest, TemplateInfo, ensure_template, template_fingerprint
-from ._urls import libpq, parse_server_url
-from ._worker import Origin, WorkerDatabase, create_worker_database, worker_database
+from . import databases
+from .aio import BackgroundLoop
+from .databases import clone_options
+from .errors import ConfigurationError
+from .lease import Lease
+from .migrators import Migrator, build_migrator
+from .naming import Marker, empty_name, now_iso, template_name, worker_database_name
+from .report import Report
+from .server.admin import DRIVER_ERRORS, ServerInfo, connect, describe, driver_errors
+from .server.embedded import read_running
+from .server.local import LocalServerRequest, ensure_started
+from .server.local import describe as describe_local
+from .settings import Settings
+from .sweep import DropResult, Entry, drop_entries, inventory, surplus_templates, sweepable
+from .template import BuildRequest, TemplateInfo, ensure_template, template_fingerprint
+from .urls import libpq, parse_server_url
+from .worker import Origin, WorkerDatabase, create_worker_database, worker_database
 
 _SEE_LOG = "See the server's log; the run drops what it created."
 NO_URL_MESSAGE = (
@@ -233,7 +233,7 @@ class Provisioner:
         with driver_errors(f"creating the empty database {database.name}", _SEE_LOG):
             self.loop.run(self.lease(url).claim(owner))
             self.loop.run(
-                _databases.clone(self._admin(url), "template0", database.name, marker, options)
+                databases.clone(self._admin(url), "template0", database.name, marker, options)
             )
         return database
 
@@ -250,7 +250,7 @@ class Provisioner:
         with driver_errors(f"dropping {database.name}", _SEE_LOG):
             self.loop.run(self.lease(url).ensure())
             run_id = self.identity.run_id
-            self.loop.run(_databases.drop_own(self._admin(url), database.name, run_id))
+            self.loop.run(databases.drop_own(self._admin(url), database.name, run_id))
 
     def _count(self) -> None:
         self.report.resets += 1

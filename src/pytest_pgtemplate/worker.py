@@ -18,16 +18,16 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from . import _databases
-from ._aio import BackgroundLoop
-from ._databases import CloneOptions
-from ._errors import PgTemplateError, ResetError
-from ._lease import Lease
-from ._naming import Marker, kept_name, quote_ident, spare_name
-from ._reset import LeakedBackend, ResetOutcome, Resetter, open_resetter
-from ._server import DRIVER_ERRORS, connect, driver_errors
-from ._snapshot import Snapshot
-from ._urls import for_database, libpq, with_driver
+from . import databases
+from .aio import BackgroundLoop
+from .databases import CloneOptions
+from .errors import PgTemplateError, ResetError
+from .lease import Lease
+from .naming import Marker, kept_name, quote_ident, spare_name
+from .reset.resetter import LeakedBackend, ResetOutcome, Resetter, open_resetter
+from .reset.snapshot import Snapshot
+from .server.admin import DRIVER_ERRORS, connect, driver_errors
+from .urls import for_database, libpq, with_driver
 
 _RECLONE = "it will be re-cloned from the template before the next test"
 
@@ -192,7 +192,7 @@ class _Slot:
         self.generation += 1
         with self._errors(f"re-cloning {self.name} from {self.origin.template}"):
             self.loop.run(self.lease.ensure())
-            self.loop.run(_databases.drop_own(self._admin(), self.name, self._run_id))
+            self.loop.run(databases.drop_own(self._admin(), self.name, self._run_id))
             if self._take_spare():
                 self.loop.run(self._admin().execute(_rename(spare_name(self.name), self.name)))
             else:
@@ -214,14 +214,14 @@ class _Slot:
         self.generation += 1  # the copy ends every connection, pooled ones too
         with self._errors(f"keeping a copy of {self.name} as {name}"):
             admin = self._admin()
-            self.loop.run(_databases.terminate_connections(admin, self.name))
+            self.loop.run(databases.terminate_connections(admin, self.name))
             marker = Marker(
                 "kept",
                 run_id=self._run_id,
                 template=self.origin.template,
                 project=self.origin.marker.project,
             )
-            self.loop.run(_databases.clone(admin, self.name, name, marker, self.origin.clone))
+            self.loop.run(databases.clone(admin, self.name, name, marker, self.origin.clone))
         return libpq(for_database(make_url(self.origin.server_url), name))
 
     def drop(self) -> None:
@@ -230,7 +230,7 @@ class _Slot:
         with self._errors(f"dropping {self.name}"):
             self.loop.run(self.lease.ensure())
             for name in (spare_name(self.name), self.name):
-                self.loop.run(_databases.drop_own(self._admin(), name, self._run_id))
+                self.loop.run(databases.drop_own(self._admin(), name, self._run_id))
 
     def close_connection(self) -> None:
         resetter, self.resetter = self.resetter, None
@@ -250,7 +250,7 @@ class _Slot:
     def _clone(self, name: str) -> None:
         origin = self.origin
         self.loop.run(
-            _databases.clone(self._admin(), origin.template, name, origin.marker, origin.clone)
+            databases.clone(self._admin(), origin.template, name, origin.marker, origin.clone)
         )
 
     async def _clone_spare(self) -> None:
@@ -258,8 +258,8 @@ class _Slot:
         origin, name = self.origin, spare_name(self.name)
         conn = await connect(make_url(origin.server_url), origin.connect_timeout)
         try:
-            await _databases.drop_own(conn, name, self._run_id)
-            await _databases.clone(conn, origin.template, name, origin.marker, origin.clone)
+            await databases.drop_own(conn, name, self._run_id)
+            await databases.clone(conn, origin.template, name, origin.marker, origin.clone)
         finally:
             await conn.close()
 

@@ -3,7 +3,7 @@
 Servers live in numbered slots, ``cache_root()/<major>/slot<N>/``. A slot belongs to the run whose
 pid its ``owner.json`` records while that process lives, so two concurrent runs get two servers,
 and the next run takes over a dead run's slot with its data (templates included: a warm start).
-A detached reaper (``_reaper``), spawned as soon as the slot is claimed, stops the server when
+A detached reaper (``reaper``), spawned as soon as the slot is claimed, stops the server when
 the owning run dies, even by SIGKILL and even in the middle of starting it.
 """
 
@@ -25,10 +25,10 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
-from . import _reaper
-from ._binaries import TOOLS, Binaries
-from ._errors import ConfigurationError, ServerUnavailableError
-from ._osuser import (
+from ..errors import ConfigurationError, ServerUnavailableError
+from . import reaper
+from .binaries import TOOLS, Binaries
+from .osuser import (
     RunAs,
     check_reachable,
     check_runnable,
@@ -102,7 +102,7 @@ def start(
     The slot's data dir is reused when sound (``warm``), rebuilt when not or when ``fresh``.
     """
     began = time.perf_counter()
-    if not _reaper.alive(owner_pid):
+    if not reaper.alive(owner_pid):
         raise ValueError(f"owner_pid {owner_pid} is not a running process")
     run_as = server_user()
     cache = shared_dir(cache.expanduser().resolve())
@@ -116,7 +116,7 @@ def start(
         server = _start_in(slot, binaries, run_as, fresh=fresh, began=began)
         _save_owner(slot, owner_pid, server)
     except BaseException:
-        _reaper.halt(slot / "data", immediate=True)
+        reaper.halt(slot / "data", immediate=True)
         (slot / "owner.json").unlink(missing_ok=True)
         raise
     return server
@@ -132,7 +132,7 @@ def stop_data_dir(data_dir: Path) -> None:
 
     Signals it directly, as ``pg_ctl stop`` does, but works as root too and needs no binaries.
     """
-    if not _reaper.halt(data_dir, immediate=False):
+    if not reaper.halt(data_dir, immediate=False):
         raise ServerUnavailableError(f"the server on {data_dir} survived SIGKILL; reboot?")
     (data_dir.parent / "owner.json").unlink(missing_ok=True)
 
@@ -140,22 +140,22 @@ def stop_data_dir(data_dir: Path) -> None:
 def read_running(cache: Path, owner_pid: int) -> EmbeddedServer | None:
     """The live server that run ``owner_pid`` started under ``cache``, if any."""
     for path in sorted(cache.expanduser().resolve().glob("*/slot*/owner.json")):
-        record = _reaper.load_owner(path.parent)
+        record = reaper.load_owner(path.parent)
         if record.get("owner_pid") != owner_pid or "server" not in record:
             continue
         server = _server_from(record["server"])
-        if _reaper.postmaster_pid(server.data_dir) == server.pid:
+        if reaper.postmaster_pid(server.data_dir) == server.pid:
             return server
     return None
 
 
 def _claim_slot(base: Path, owner_pid: int, run_as: RunAs | None) -> Path:
     """Take the first slot whose recorded owner is not alive, and record ``owner_pid`` there."""
-    with _reaper.slots_lock(base):
+    with reaper.slots_lock(base):
         for number in count():
             slot = base / f"slot{number}"
-            record = _reaper.load_owner(slot)
-            if not _reaper.alive(record.get("owner_pid", 0), record.get("owner_started")):
+            record = reaper.load_owner(slot)
+            if not reaper.alive(record.get("owner_pid", 0), record.get("owner_started")):
                 private_dir(slot, run_as)
                 _save_owner(slot, owner_pid, None)
                 return slot
@@ -165,7 +165,7 @@ def _claim_slot(base: Path, owner_pid: int, run_as: RunAs | None) -> Path:
 def _save_owner(slot: Path, owner_pid: int, server: EmbeddedServer | None) -> None:
     record: dict[str, Any] = {
         "owner_pid": owner_pid,
-        "owner_started": _reaper.process_started(owner_pid),
+        "owner_started": reaper.process_started(owner_pid),
         "started_at": time.time(),
     }
     if server is not None:
@@ -188,7 +188,7 @@ def _start_in(
 ) -> EmbeddedServer:
     """Start in a claimed slot: stop a dead run's server, then reuse or rebuild the data dir."""
     data = slot / "data"
-    if not _reaper.halt(data, immediate=True):
+    if not reaper.halt(data, immediate=True):
         raise ServerUnavailableError(f"a dead run's server on {data} survived SIGKILL")
     socket_dir = _socket_dir(slot, run_as)
     launched = None
@@ -284,13 +284,13 @@ def _launch(
         args = [binaries.tool("pg_ctl"), "-D", str(data), "-W", "-l", str(log), "start"]
         done = run_program(args, run_as, data.parent)
         ready = done.returncode == 0
-        pid = _reaper.wait_ready(data, port, log, _READY_TIMEOUT) if ready else None
+        pid = reaper.wait_ready(data, port, log, _READY_TIMEOUT) if ready else None
         if pid is not None:
             return pid, port
-        if "could not bind" not in _reaper.log_tail(log):
+        if "could not bind" not in reaper.log_tail(log):
             break
     raise ServerUnavailableError(
-        f"PostgreSQL did not start on {data}:\n{done.stdout}{done.stderr}{_reaper.log_tail(log)}\n"
+        f"PostgreSQL did not start on {data}:\n{done.stdout}{done.stderr}{reaper.log_tail(log)}\n"
         "Fix the cause above, or set pgtemplate_url / PGTEMPLATE_URL to a running server."
     )
 
@@ -301,8 +301,8 @@ def _spawn_reaper(owner_pid: int, data_dir: Path) -> None:
     It starts before initdb and ``pg_ctl start``: a run killed while its server comes up
     must leave no postmaster (with the reaper spawned after start-up, 3 kills in 3 did).
     """
-    started = _reaper.process_started(owner_pid) or ""
-    script = [sys.executable, "-I", "-S", str(Path(_reaper.__file__))]
+    started = reaper.process_started(owner_pid) or ""
+    script = [sys.executable, "-I", "-S", str(Path(reaper.__file__))]
     args = [str(owner_pid), started, str(data_dir)]
     subprocess.run(
         ["/bin/sh", "-c", '"$@" &', "pgtemplate-reaper", *script, *args],

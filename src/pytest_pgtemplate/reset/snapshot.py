@@ -8,7 +8,7 @@ a table empty in the template has a visible row; a seeded table's row count diff
 row is younger than ``Snapshot.reference_xid`` (frozen rows keep their raw xmin, subtransaction
 xids are younger than their parent's; statistics counters lag, so they are not used); a sequence's
 ``(last_value, is_called)`` differs. Nobody else may write meanwhile (the resetter ends such
-sessions first). DDL done by a test is detected in the same query (``_schema``), not undone:
+sessions first). DDL done by a test is detected in the same query (``reset.schema``), not undone:
 :func:`restore` then reports ``schema_changed`` and leaves the database to be replaced.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 
 import asyncpg
 
-from ._errors import ResetError
-from ._naming import quote_ident, quote_literal
-from ._order import closure, leaf_dependencies, parents_first
-from ._schema import TEMP_CTE, WATCHED, CatalogState, confirm, probe_sql, record
+from ..errors import ResetError
+from ..naming import quote_ident, quote_literal
+from .order import closure, leaf_dependencies, parents_first
+from .schema import TEMP_CTE, WATCHED, CatalogState, confirm, probe_sql, record
 
 # Above this size (live and dead rows) TRUNCATE beats DELETE: measured DELETE ~0.06 ms per 8 kB
 # page vs TRUNCATE 0.5 ms (tuned) to 5 ms (stock disk) per table, and it drags in FK referrers.

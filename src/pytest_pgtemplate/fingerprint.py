@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._errors import ConfigurationError
+from .errors import ConfigurationError
 
 _SKIPPED_DIRS = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".git"}
 _SKIPPED_SUFFIXES = {".pyc", ".pyo"}

@@ -1,0 +1,1 @@
+"""Putting a worker database back to the template's state: snapshot, schema, restore."""

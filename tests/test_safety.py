@@ -198,10 +198,14 @@ def test_the_marker_takes_exactly_reset(project: InnerProject) -> None:
         @pytest.mark.pgtemplate(reset="recreate")
         def test_right(pg_database):
             pass
+
+        @pytest.mark.pgtemplate
+        def test_bare_uses_the_database_with_the_configured_reset(request):
+            assert "pg_database" in request.fixturenames
         """
     )
     result = project.run("-p", "no:xdist")
-    result.assert_outcomes(passed=1, errors=2)
+    result.assert_outcomes(passed=2, errors=2)
     result.stdout.fnmatch_lines(
         [
             "*@pytest.mark.pgtemplate takes exactly reset=<strategy> (got ('recreate'))*",

@@ -227,9 +227,11 @@ for _scope in _LOOP_SCOPES:
 
 
 def reset_strategy(request: pytest.FixtureRequest) -> str:
-    """The marker takes exactly ``reset=<strategy>``; anything else is a usage error."""
+    """The marker takes exactly ``reset=<strategy>``, or nothing; anything else is an error."""
     marker = request.node.get_closest_marker("pgtemplate")
     if marker is None:
+        return _provisioner(request).settings.reset
+    if not marker.args and not marker.kwargs:  # bare: the test uses the database, default reset
         return _provisioner(request).settings.reset
     strategy = marker.kwargs.get("reset")
     if marker.args or set(marker.kwargs) != {"reset"}:

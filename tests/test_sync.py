@@ -42,3 +42,13 @@ def test_sync_fixtures_are_reset_exactly(project: InnerProject, reset: str) -> N
     )
     project.write_tests(SYNC_SUITE)
     project.run("-n", "2").assert_outcomes(passed=6)
+
+
+def test_without_psycopg_a_sync_fixture_names_the_extra(project: InnerProject) -> None:
+    (project.path / "conftest.py").write_text(
+        "import sys\n\nsys.modules['psycopg'] = None  # as if psycopg were not installed\n"
+    )
+    project.write_tests("def test_sync(pg_sync_session):\n    pass\n")
+    result = project.run("-p", "no:xdist")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*need psycopg 3: pip install 'pytest-pgtemplate[[]psycopg]'*"])

@@ -58,10 +58,16 @@ class Lease:
     renewals: int = 0
     _conn: asyncpg.Connection | None = field(default=None, repr=False)
 
-    async def ensure(self) -> None:
-        """Before any database work: a lost connection is replaced and every lock taken again."""
+    async def ensure(self, *, verify: bool = False) -> None:
+        """Before any database work: a lost connection is replaced and every lock taken again.
+
+        A connection the server ended shows as closed only once the client has read the end;
+        ``verify`` asks the server (one round trip), which the check before each test does.
+        """
         if self._conn is not None and not self._conn.is_closed():
-            return
+            if not verify or await self._answers():
+                return
+            self._conn.terminate()
         self._conn = await connect(self.url, self.connect_timeout)
         await self._conn.execute(_SESSION_SETUP)
         await _refuse_transaction_pooling(self._conn, self.url)
@@ -119,6 +125,16 @@ class Lease:
         """Simulate a lost connection (tests only: what a server restart or a proxy does)."""
         if self._conn is not None:
             self._conn.terminate()
+
+    async def _answers(self) -> bool:
+        assert self._conn is not None
+        try:
+            await self._conn.fetchval("SELECT 1", timeout=self.connect_timeout)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+        except asyncpg.InternalClientError:
+            return False
+        return True
 
     async def _try_lock(self, lock_class: int, name: str) -> bool:
         assert self._conn is not None

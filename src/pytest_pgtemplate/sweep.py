@@ -181,12 +181,18 @@ async def _claimed(admin: asyncpg.Connection, entry: Entry) -> AsyncIterator[boo
 
 
 async def _still_ours(admin: asyncpg.Connection, entry: Entry) -> bool:
-    """Right before the DROP: the database still carries the marker it was listed with."""
-    comment = await admin.fetchval(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+    """Right before the DROP, under the owner's lock: the database is still as it was listed.
+
+    The same marker (or still none, for a crash leftover), and for a template the same finished
+    state: a build that was running at the listing may have finished before its lock was free.
+    """
+    row = await admin.fetchrow(
+        "SELECT shobj_description(oid, 'pg_database') AS comment,"
+        " datistemplate AND NOT datallowconn AS finished FROM pg_database WHERE datname = $1",
         entry.name,
     )
-    if comment is None:
-        exists = await admin.fetchval("SELECT true FROM pg_database WHERE datname = $1", entry.name)
-        return bool(exists) and _unmarked(entry.name) is not None
-    return Marker.from_comment(comment) == entry.marker
+    if row is None or (entry.kind == "template" and row["finished"] != entry.finished):
+        return False
+    if row["comment"] is None:
+        return _unmarked(entry.name) is not None
+    return Marker.from_comment(row["comment"]) == entry.marker

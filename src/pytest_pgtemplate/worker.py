@@ -156,6 +156,7 @@ class _Slot:
             self._open_resetter()
 
     def ensure_clean(self) -> ResetOutcome:
+        self.loop.run(self.lease.ensure(verify=True))
         if self.dirty:
             return ResetOutcome(self.recreate())
         return self._run_reset(lambda resetter: resetter.ensure_pristine())

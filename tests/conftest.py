@@ -164,6 +164,15 @@ class InnerProject:
         lines = [f"{key} = {value}" for key, value in settings.items()]
         self.pytester.makeini("[pytest]\n" + "\n".join(lines) + "\n")
 
+    def settings(self) -> dict[str, str]:
+        """The inner ini's settings as they are now."""
+        lines = (self.path / "tox.ini").read_text().splitlines()[1:]
+        return dict(line.split(" = ", 1) for line in lines if " = " in line)
+
+    def add_ini(self, **settings: str) -> None:
+        """Keeps the ini's settings (server, project, asyncio) and adds or overrides these."""
+        self.write_ini(**{**self.settings(), **settings})
+
     def write_tests(self, source: str, name: str = "test_inner") -> None:
         self.pytester.makepyfile(**{name: textwrap.dedent(source)})
 

@@ -20,11 +20,6 @@ async def test_durability(pg_session):
 """
 
 
-def _settings(project: InnerProject) -> dict[str, str]:
-    lines = (project.path / "tox.ini").read_text().splitlines()[1:]
-    return dict(line.split(" = ", 1) for line in lines if " = " in line)
-
-
 def test_worker_databases_commit_without_waiting_for_the_disk_unless_durable(
     project: InnerProject,
 ) -> None:
@@ -34,7 +29,7 @@ def test_worker_databases_commit_without_waiting_for_the_disk_unless_durable(
     assert shown == "off|synchronous_commit=off", "set on the database, seen by the test"
     server_default = project.admin.execute("SHOW synchronous_commit").fetchone()
     assert server_default is not None
-    project.write_ini(**_settings(project), pgtemplate_durable="true")
+    project.add_ini(pgtemplate_durable="true")
     project.run("-p", "no:xdist").assert_outcomes(passed=1)
     shown = (project.path / "synchronous_commit.txt").read_text()
     assert shown == f"{server_default[0]}|", "the server's own setting"

@@ -68,10 +68,7 @@ def test_async_worker_database_keeps_the_loop_serving_during_a_slow_build(
     (project.path / "slow_build.py").write_text(SLOW_BUILD.format(marker=uuid.uuid4().hex))
     (project.path / "conftest.py").write_text(CONFTEST)
     project.write_tests(TESTS)
-    settings = (project.path / "tox.ini").read_text().splitlines()[1:]
-    pairs = dict(line.split(" = ", 1) for line in settings if " = " in line)
-    project.write_ini(
-        **pairs,
+    project.add_ini(
         pgtemplate_migrate="slow_build:build",
         pgtemplate_fingerprint_paths="slow_build.py",
     )

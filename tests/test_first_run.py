@@ -60,12 +60,6 @@ def test_alembic_init_async_and_the_quick_start_pass_on_the_first_run(
     project: InnerProject, server_url: str
 ) -> None:
     root = project.path
-    settings = (root / "tox.ini").read_text()
-    inner_project = next(
-        line.split("=", 1)[1].strip()
-        for line in settings.splitlines()
-        if "pgtemplate_project" in line
-    )
     (root / "tox.ini").unlink()
     (root / "alembic.ini").unlink()
     shutil.rmtree(root / "migrations")  # the harness's; this project starts from alembic init
@@ -79,7 +73,7 @@ def test_alembic_init_async_and_the_quick_start_pass_on_the_first_run(
     assert done.returncode == 0, done.stderr
     (root / "migrations/versions/0001_create_product.py").write_text(FIRST_MIGRATION)
     (root / "pyproject.toml").write_text(
-        QUICK_START_CONFIG.format(url=server_url, project=inner_project)
+        QUICK_START_CONFIG.format(url=server_url, project=project.project)
     )
     project.write_tests(QUICK_START_TEST, name="test_products")
     result = project.run("-n", "2", "-W", "error")

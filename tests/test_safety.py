@@ -147,8 +147,7 @@ def test_a_role_that_is_not_superuser_gets_its_own_template_and_works(
     project: InnerProject,
 ) -> None:
     admin = project.admin
-    own_project = project_name(project)
-    ini = (project.path / "tox.ini").read_text()
+    own_project = project.project
     project.write_tests(ROLE_SUITE)
     project.run("-n", "2").assert_outcomes(passed=4)  # as postgres: a template postgres owns
     dead = f"pgtemplate_{uuid.uuid4().hex[:12]}_gw0"  # a dead run's, which the role may not drop
@@ -158,7 +157,7 @@ def test_a_role_that_is_not_superuser_gets_its_own_template_and_works(
     try:
         with scratch_role(admin) as role:
             url = conninfo_url(admin, role)
-            project.write_ini(**{**_ini_settings(ini), "pgtemplate_url": url})
+            project.add_ini(pgtemplate_url=url)
             result = project.run("-n", "2")
             result.assert_outcomes(passed=4)
             result.stdout.fnmatch_lines(
@@ -170,20 +169,6 @@ def test_a_role_that_is_not_superuser_gets_its_own_template_and_works(
             assert project.migrations_run() == 2, "the role built a template of its own"
     finally:
         drop_if_exists(admin, dead)
-
-
-def _ini_settings(ini: str) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in ini.splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs}
-
-
-def project_name(project: InnerProject) -> str:
-    """The inner project's pgtemplate_project (given one if the harness did not)."""
-    settings = _ini_settings((project.path / "tox.ini").read_text())
-    if "pgtemplate_project" not in settings:
-        settings["pgtemplate_project"] = f"t{uuid.uuid4().hex[:12]}"
-        project.write_ini(**settings)
-    return settings["pgtemplate_project"]
 
 
 def test_the_marker_takes_exactly_reset(project: InnerProject) -> None:
@@ -251,7 +236,7 @@ def test_a_lost_lease_is_taken_again_before_the_next_test(project: InnerProject)
 
 
 def test_a_copy_that_cannot_be_kept_is_a_warning_in_the_report(project: InnerProject) -> None:
-    marker = Marker("kept", project=project_name(project)).to_comment()
+    marker = Marker("kept", project=project.project).to_comment()
     project.write_tests(
         f"""
         from sqlalchemy import text
@@ -284,7 +269,7 @@ def test_two_repositories_with_the_same_directory_name_keep_their_templates(
     """Templates are pruned per project: the pyproject name, not the directory's basename."""
     admin, names = project.admin, [f"shop-{uuid.uuid4().hex[:8]}" for _ in range(2)]
     roots = [project.path / side / "app" for side in ("left", "right")]
-    ini = _ini_settings((project.path / "tox.ini").read_text())
+    ini = project.settings()
     ini.pop("pgtemplate_project", None)
     ini["pgtemplate_keep_templates"] = "1"
     try:

@@ -24,17 +24,11 @@ def test_template(pg_template, pg_database):
 """
 
 
-def _settings(project: InnerProject) -> dict[str, str]:
-    lines = (project.path / "tox.ini").read_text().splitlines()[1:]
-    return dict(line.split(" = ", 1) for line in lines if " = " in line)
-
-
 def test_a_callable_that_runs_alembic_rebuilds_when_a_migration_changes_not_a_test(
     project: InnerProject,
 ) -> None:
     (project.path / "build_db.py").write_text(BUILD_WITH_ALEMBIC)
-    project.write_ini(
-        **_settings(project),
+    project.add_ini(
         pgtemplate_migrate="build_db:build",
         pgtemplate_fingerprint_paths="build_db.py",
     )
@@ -80,6 +74,6 @@ async def test_2_the_next_test_that_asks_starts_clean(pg_session):
 def test_a_test_that_asks_for_the_database_starts_clean_after_writes_elsewhere(
     project: InnerProject,
 ) -> None:
-    project.write_ini(**_settings(project), pgtemplate_export_env="DATABASE_URL")
+    project.add_ini(pgtemplate_export_env="DATABASE_URL")
     project.write_tests(WRITES_OUTSIDE)
     project.run("-p", "no:xdist").assert_outcomes(passed=3)

@@ -36,10 +36,7 @@ async def test_mixed_sync_and_async_see_one_database(pg_session, pg_sync_session
 
 @pytest.mark.parametrize("reset", ["truncate", "rollback"])
 def test_sync_fixtures_are_reset_exactly(project: InnerProject, reset: str) -> None:
-    lines = (project.path / "tox.ini").read_text().splitlines()[1:]
-    project.write_ini(
-        **dict(line.split(" = ", 1) for line in lines if " = " in line), pgtemplate_reset=reset
-    )
+    project.add_ini(pgtemplate_reset=reset)
     project.write_tests(SYNC_SUITE)
     project.run("-n", "2").assert_outcomes(passed=6)
 

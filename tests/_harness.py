@@ -109,13 +109,22 @@ class Owned:
 
 
 def drop_database(conn: psycopg.Connection, name: str) -> None:
-    """Tolerates a database that went away meanwhile (its own run dropped it)."""
-    try:
-        conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
-    except psycopg.errors.InvalidCatalogName:
+    """Tolerates a database that went away meanwhile (its own run, or a sweep, dropped it).
+
+    Only a template is altered first: on PostgreSQL 15 an ALTER DATABASE that meets a concurrent
+    DROP of the same database is FATAL, and would end ``conn``.
+    """
+    row = conn.execute("SELECT datistemplate FROM pg_database WHERE datname = %s", (name,))
+    found = row.fetchone()
+    if found is None:
         return
-    except psycopg.errors.ObjectNotInPrerequisiteState:
-        pass  # an interrupted DROP left it invalid: dropping it again finishes the job
+    if found[0]:
+        try:
+            conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+        except psycopg.errors.InvalidCatalogName:
+            return
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            pass  # an interrupted DROP left it invalid: dropping it again finishes the job
     conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from .naming import Marker, quote_ident, quote_literal
+from .server.admin import ServerInfo
 
 _CLONE_RETRY_SECONDS = 30.0
 _LIST_SETTINGS = frozenset(
@@ -87,19 +88,21 @@ class CloneOptions:
     durable: bool = False
     """False: ``synchronous_commit = off`` on the clone, which never needs to survive a crash."""
 
-    def describe(self, server_major: int) -> str:
+    server_major: int = 0
+
+    def describe(self) -> str:
         """For the end-of-run line: the method and why it was chosen."""
         if self.strategy is None:
-            return f"PostgreSQL {server_major} has no STRATEGY"
+            return f"PostgreSQL {self.server_major} has no STRATEGY"
         why = "fsync off" if self.strategy == "FILE_COPY" else "fsync on: fewer checkpoints"
         return f"{self.strategy}, {why}"
 
 
-def clone_options(server_major: int, fsync: bool, *, durable: bool) -> CloneOptions:
+def clone_options(server: ServerInfo, *, durable: bool) -> CloneOptions:
     """FILE_COPY pays two checkpoints, cheap without fsync; WAL_LOG wins on a durable disk."""
-    if server_major < 15:
-        return CloneOptions(None, durable)
-    return CloneOptions("WAL_LOG" if fsync else "FILE_COPY", durable)
+    if server.major < 15:
+        return CloneOptions(None, durable, server.major)
+    return CloneOptions("WAL_LOG" if server.fsync else "FILE_COPY", durable, server.major)
 
 
 async def clone(

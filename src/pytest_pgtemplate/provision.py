@@ -195,7 +195,7 @@ class Provisioner:
             server_url=server.url,
             template=template.name,
             marker=marker,
-            clone=clone_options(server.major, server.fsync, durable=self.settings.durable),
+            clone=clone_options(server, durable=self.settings.durable),
             connect_timeout=self.settings.connect_timeout,
             leak_grace=self.settings.leak_grace,
         )
@@ -211,7 +211,7 @@ class Provisioner:
         )
         self.report.clone_seconds += time.perf_counter() - started
         self.report.clones += 1
-        self.report.clone_method = origin.clone.describe(server.major)
+        self.report.clone_method = origin.clone.describe()
         return database
 
     def create_empty_database(self, server: ServerInfo) -> WorkerDatabase:
@@ -227,7 +227,7 @@ class Provisioner:
             project=self.settings.project,
             created=now_iso(),
         )
-        options = clone_options(server.major, server.fsync, durable=self.settings.durable)
+        options = clone_options(server, durable=self.settings.durable)
         self._created.append(database)
         self._servers[database.name] = url
         with driver_errors(f"creating the empty database {database.name}", _SEE_LOG):

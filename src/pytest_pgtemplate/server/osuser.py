@@ -44,7 +44,7 @@ def server_user() -> RunAs | None:
 def shared_dir(path: Path) -> Path:
     """Create ``path`` (0755) and make sure it is ours: /dev/shm is writable by anyone."""
     if not path.exists():
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)  # racing runs may create it at once
         path.chmod(0o755)  # whatever the umask: root's server user must pass through
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
@@ -90,17 +90,23 @@ def check_reachable(path: Path, run_as: RunAs) -> None:
         )
 
 
-def check_runnable(programs: list[Path], run_as: RunAs) -> None:
-    """Fail clearly if the server's OS user may not run ``programs`` (e.g. under /root)."""
-    for program in programs:
-        closed = _first_closed(program.parent, run_as)
-        if closed is not None or not _permits(program, run_as, stat.S_IXUSR):
-            raise ConfigurationError(
-                f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which may not "
-                f"run {program}{f' (it cannot enter {closed})' if closed else ''}. Install or "
-                "unpack PostgreSQL where every user may read and run it (e.g. under /opt, "
-                "`chmod -R a+rX`), and point pgtemplate_bin_dir at its bin directory."
-            )
+def may_run(programs: list[Path], run_as: RunAs) -> bool:
+    """Whether the server's OS user may reach and run every one of ``programs``."""
+    return all(
+        _first_closed(program.parent, run_as) is None and _permits(program, run_as, stat.S_IXUSR)
+        for program in programs
+    )
+
+
+def cannot_run(program: Path, run_as: RunAs, why: str) -> ConfigurationError:
+    """The error for programs the server's OS user may not run, even from a copy (``why``)."""
+    closed = _first_closed(program.parent, run_as)
+    return ConfigurationError(
+        f"PostgreSQL runs as OS user {run_as.name!r} (it refuses root), which may not "
+        f"run {program}{f' (it cannot enter {closed})' if closed else ''}, and {why}. Install or "
+        "unpack PostgreSQL where every user may read and run it (e.g. under /opt, "
+        "`chmod -R a+rX`), and point pgtemplate_bin_dir at its bin directory."
+    )
 
 
 def run_program(

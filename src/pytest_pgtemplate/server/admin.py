@@ -11,6 +11,7 @@ from sqlalchemy.engine import URL
 
 from ..errors import InsufficientPrivilegeError, PgTemplateError, ServerUnavailableError
 from ..urls import libpq, redacted
+from . import reflink
 
 MIN_VERSION_NUM = (
     140000  # the oldest major the test suite runs on (13 would lack idle_session_timeout)
@@ -34,6 +35,10 @@ class ServerInfo:
     fsync: bool
     role: str = ""
     """The role the plugin works as: it owns the template, so it is part of the fingerprint."""
+    reflink: bool = False
+    """PostgreSQL 18+ whose data directory is proved to be on this machine and to reflink."""
+    reflink_note: str = ""
+    """Why (``xfs reflinks``) or why not (``tmpfs does not reflink``); empty before 18."""
 
     @property
     def major(self) -> int:
@@ -89,6 +94,7 @@ async def describe(conn: asyncpg.Connection, url: URL, *, started: bool) -> Serv
             f"template and the worker databases. Run ALTER ROLE {role} CREATEDB as a superuser, "
             "or put a role that has CREATEDB into pgtemplate_url."
         )
+    evidence = await _reflink(conn) if row["version_num"] >= 180000 else None
     return ServerInfo(
         url=libpq(url),
         version=row["version"],
@@ -97,7 +103,19 @@ async def describe(conn: asyncpg.Connection, url: URL, *, started: bool) -> Serv
         superuser=row["rolsuper"],
         fsync=row["fsync"],
         role=row["rolname"],
+        reflink=evidence.supported if evidence else False,
+        reflink_note=evidence.reason if evidence else "",
     )
+
+
+async def _reflink(conn: asyncpg.Connection) -> reflink.Reflink:
+    """Only a superuser or pg_read_all_settings sees data_directory: otherwise, no evidence."""
+    row = await conn.fetchrow(
+        "SELECT (SELECT setting FROM pg_settings WHERE name = 'data_directory') AS data_directory,"
+        " CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')"
+        " THEN (SELECT system_identifier FROM pg_control_system()) END AS system_identifier"
+    )
+    return reflink.check(row["data_directory"], row["system_identifier"])
 
 
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)

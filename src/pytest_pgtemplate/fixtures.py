@@ -43,9 +43,7 @@ def _provisioner(request: pytest.FixtureRequest) -> Provisioner:
 
 
 @pytest.fixture(scope="session")
-def pg_server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Server:
+def pg_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Server:
     """The PostgreSQL server in use (``.url``, ``.version``, ``.major``...) and this process's
     claim on it; a conftest may return its own ``Server.connect(url)`` instead."""
     with _user_errors():

@@ -3,7 +3,7 @@
 PYTHON ?= python3
 BENCH_ARGS ?=
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-real-suite
 
 # Full side-by-side run (~20 min): writes benchmarks/RESULTS.md, results.json, results.png.
 bench:
@@ -12,3 +12,9 @@ bench:
 # CI smoke (< 2 min): writes under benchmarks/out/quick/, never the committed results.
 bench-quick:
 	PYTHONPATH=benchmarks $(PYTHON) -m sidebyside --quick $(BENCH_ARGS)
+
+# Issue 10's real-suite shape (~15 min): 1,000 async tests, 100 tables, 150 migrations, -n 2;
+# plugin vs per-worker DELETE-all vs function-level (100 of its tests, total extrapolated).
+# Writes benchmarks/REAL_SUITE.md.
+bench-real-suite:
+	PYTHONPATH=benchmarks $(PYTHON) benchmarks/real_suite.py $(BENCH_ARGS)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import shutil
 import signal
 import sys
 import tempfile
@@ -20,11 +19,11 @@ from types import FrameType
 
 from . import chart, prepare, report
 from .aggregate import CaseStats, all_stats
-from .cleanup import drop_run_databases, remove_server_cache
+from .cleanup import clean_run
 from .config import Plan, full_plan, quick_plan
 from .machine import describe
 from .reuse import ReuseCheck, check_reuse
-from .runner import BENCH_DIR, Context, RunResult, command, run_plan
+from .runner import BENCH_DIR, Context, RunResult, command, print_progress, run_plan
 from .targets import evaluate
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare.preflight(ctx)
         prepare.write_suites(plan, ctx)
         prepare.create_floor_databases(plan, ctx)
-        runs = run_plan(plan, ctx, _progress)
+        runs = run_plan(plan, ctx, print_progress)
         reuse = None if args.no_reuse else check_reuse(ctx, plan.default)
         data["elapsed_s"] = time.monotonic() - started
         failed = _write(out, plan, ctx, data, runs=runs, reuse=reuse)
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sidebyside: {exc}", file=sys.stderr)
         return 2
     finally:
-        _clean(ctx, keep)
+        clean_run(ctx, keep)
     print(f"done in {(time.monotonic() - started) / 60:.1f} min; wrote {out}/RESULTS.md")
     return 0
 
@@ -93,14 +92,6 @@ def _command_line(argv: list[str] | None) -> str:
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     """SIGTERM takes the same path as Ctrl-C: stop the current run, drop everything."""
     raise KeyboardInterrupt
-
-
-def _progress(index: int, total: int, run: RunResult) -> None:
-    o = run.outcome
-    what = f"{o.passed} passed" + (f", {o.failed} failed, {o.errors} errors" if not o.ok else "")
-    if run.returncode not in (0, 1) or not o.passed:
-        what += f"; exit {run.returncode}: {run.error} (log: {run.log})"
-    print(f"[{index}/{total}] r{run.round} {run.case}: {run.wall:.2f} s ({what})", flush=True)
 
 
 def _write(
@@ -149,19 +140,6 @@ def _unexpected_failures(stats: dict[str, CaseStats]) -> bool:
     for s in bad:
         print(f"UNEXPECTED: {s.case.key}: {s.failures} failed/errors: {s.error}", file=sys.stderr)
     return bool(bad)
-
-
-def _clean(ctx: Context, keep: bool) -> None:
-    for purpose in ("embedded", "reuse"):
-        stopped = remove_server_cache(ctx.server_cache(purpose))
-        if stopped:
-            print(f"stopped a leftover server: pids {stopped}", file=sys.stderr)
-    dropped = drop_run_databases(ctx.admin_url, ctx.prefix())
-    print(f"cleanup: dropped {len(dropped)} database(s) of this run", file=sys.stderr)
-    if keep:
-        print(f"scratch directory kept: {ctx.scratch}", file=sys.stderr)
-    else:
-        shutil.rmtree(ctx.scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,30 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from .runner import Context
+
+
+def clean_run(ctx: Context, keep: bool) -> None:
+    """Everything a run leaves: its servers' caches, its databases, its scratch directory."""
+    for purpose in ("embedded", "reuse"):
+        stopped = remove_server_cache(ctx.server_cache(purpose))
+        if stopped:
+            print(f"stopped a leftover server: pids {stopped}", file=sys.stderr)
+    dropped = drop_run_databases(ctx.admin_url, ctx.prefix())
+    print(f"cleanup: dropped {len(dropped)} database(s) of this run", file=sys.stderr)
+    if keep:
+        print(f"scratch directory kept: {ctx.scratch}", file=sys.stderr)
+    else:
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+
 
 _DATABASES = "SELECT datname, shobj_description(oid, 'pg_database') AS comment FROM pg_database"
 

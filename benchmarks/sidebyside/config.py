@@ -14,14 +14,18 @@ class Workload:
     tables: int
     migrations: int
     tests: int
+    seeded: bool = False
+    """Seed rows in several tables (a data migration), and a quarter of the tests commit
+    changes to them: the real-suite shape. False keeps the original suite, byte for byte."""
 
     @property
     def key(self) -> str:
-        return f"t{self.tables}m{self.migrations}"
+        return f"t{self.tables}m{self.migrations}" + ("s" if self.seeded else "")
 
     @property
     def label(self) -> str:
-        return f"{self.tests} tests, {self.tables} tables, {self.migrations} migrations"
+        label = f"{self.tests} tests, {self.tables} tables, {self.migrations} migrations"
+        return label + (", a quarter committing to seeded tables" if self.seeded else "")
 
 
 @dataclass(frozen=True)
@@ -46,10 +50,17 @@ class Case:
     rounds: int
     expect_failures: bool = False
     """Report the failure count, not a time (session-level classic under xdist)."""
+    sample: int | None = None
+    """Run only the suite's first ``sample`` tests (whole test files); None runs them all."""
 
     @property
     def key(self) -> str:
-        return f"{self.workload.key}/{self.setup.key}/n{self.workers}"
+        key = f"{self.workload.key}/{self.setup.key}/n{self.workers}"
+        return key + (f"/first{self.sample}" if self.sample is not None else "")
+
+    @property
+    def tests_run(self) -> int:
+        return self.workload.tests if self.sample is None else self.sample
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,11 @@ CLASSIC = Setup(
 )
 PYTEST_POSTGRESQL = Setup(
     "pytest-postgresql", "pytest-postgresql 10 (clone per test)", f"{SETUP_MODULES}.pytest_pg"
+)
+PER_WORKER_DELETE = Setup(
+    "per-worker-delete",
+    "per-worker migrate + DELETE-all + re-seed",
+    f"{SETUP_MODULES}.per_worker_delete",
 )
 FLOOR = Setup("floor", "floor: pre-migrated, no reset", f"{SETUP_MODULES}.floor")
 PLUGIN_DEFAULT = _plugin("truncate")
@@ -175,3 +191,24 @@ def quick_plan(tests: int, rounds: int) -> Plan:
         "clones) weigh more and the ratios come out smaller. Use `make bench` to judge them.",
     )
     return Plan("quick", (default,), cases, rounds, default, cuts)
+
+
+def real_suite_plan(tests: int, rounds: int, function_tests: int | None) -> Plan:
+    """Issue 10's real-suite shape at -n 2: the plugin against what large suites do today.
+
+    Function-level may run only its first ``function_tests`` tests (one round): the report
+    extrapolates its total. The other two always run every test, ``rounds`` times.
+    """
+    workload = Workload(100, 150, tests, seeded=True)
+    sample = None if function_tests is None or function_tests >= tests else function_tests
+    cases = (
+        Case(workload, FUNCTION, "2", 1, sample=sample),
+        Case(workload, PER_WORKER_DELETE, "2", rounds),
+        Case(workload, PLUGIN_DEFAULT, "2", rounds),
+    )
+    cuts = (
+        f"function-level: one run of {sample or tests} tests"
+        + (f" (its total for {tests} is extrapolated)" if sample else "")
+        + f"; the others {rounds} interleaved round(s) of all {tests} tests.",
+    )
+    return Plan("real-suite", (workload,), cases, rounds, workload, cuts)

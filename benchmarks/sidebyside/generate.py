@@ -3,7 +3,9 @@
 Tables form a foreign-key chain (``tbl_002.ref_id -> tbl_001.id``...). The tests use the first
 three (customer -> order -> line); the rest exist so that migrations, clones and resets pay
 for a real schema. Migrations beyond one per table are small ones (a column, an index), and
-migration 0002 is a data migration with seed rows, as real projects have.
+migration 0002 is a data migration with seed rows, as real projects have. A ``seeded``
+workload (the real-suite shape, ``seeding.py``) moves the data migration to the end, seeds more
+tables, and makes a quarter of the tests commit changes to those rows.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from . import seeding
 from .config import Workload
 
 TESTS_PER_FILE = 10
@@ -161,12 +164,28 @@ def write_suite(root: Path, workload: Workload, run_id: str) -> Path:
     (root / "alembic.ini").write_text(_ALEMBIC_INI.format(run_id=run_id))
     (root / "migrations" / "env.py").write_text(_env_py())
     (root / "bench_models.py").write_text(_MODELS)
-    (root / "bench_scenario.py").write_text(_SCENARIO)
-    for number, source in enumerate(migrations(workload.tables, workload.migrations), start=1):
+    (root / "bench_scenario.py").write_text(_scenario(workload))
+    if workload.seeded:
+        (root / "bench_seed.py").write_text(seeding.seed_module(workload.tables))
+    chain = migrations(workload.tables, workload.migrations, seeded=workload.seeded)
+    for number, source in enumerate(chain, start=1):
         (root / "migrations" / "versions" / f"{number:04d}_step.py").write_text(source)
-    for index, source in enumerate(test_modules(workload.tests)):
+    for index, source in enumerate(test_modules(workload.tests, seeded=workload.seeded)):
         (root / "tests" / f"test_orders_{index:03d}.py").write_text(source)
     return root
+
+
+def _scenario(workload: Workload) -> str:
+    if not workload.seeded:
+        return _SCENARIO
+    models = "from bench_models import Customer, Line, Order\n"
+    return _SCENARIO.replace(models, models + seeding.SCENARIO_IMPORT) + seeding.SCENARIO
+
+
+def test_paths(tests: int) -> list[str]:
+    """The test files that hold a suite's first ``tests`` tests (whole files)."""
+    files = -(-tests // TESTS_PER_FILE)
+    return [f"tests/test_orders_{index:03d}.py" for index in range(files)]
 
 
 def _env_py() -> str:
@@ -175,9 +194,11 @@ def _env_py() -> str:
     return repo_env.read_text()
 
 
-def migrations(tables: int, count: int) -> list[str]:
-    """``count`` migration sources creating ``tables`` tables; one is the seed-data migration."""
-    schema_slots = [n for n in range(1, count + 1) if n != SEED_MIGRATION]
+def migrations(tables: int, count: int, *, seeded: bool = False) -> list[str]:
+    """``count`` migration sources creating ``tables`` tables; one is the seed-data migration
+    (the last one when ``seeded``: it fills tables the earlier ones created)."""
+    seed_at = count if seeded else SEED_MIGRATION
+    schema_slots = [n for n in range(1, count + 1) if n != seed_at]
     owner: dict[int, list[int]] = {slot: [] for slot in schema_slots}
     for table in range(1, tables + 1):
         owner[schema_slots[(table - 1) * len(schema_slots) // tables]].append(table)
@@ -185,8 +206,9 @@ def migrations(tables: int, count: int) -> list[str]:
     sources = []
     for number in range(1, count + 1):
         down = "None" if number == 1 else f'"{number - 1:04d}"'
-        if number == SEED_MIGRATION:
-            body, doc = _seed_body(), "seed rows (a data migration)"
+        if number == seed_at:
+            body = seeding.migration_body(tables) if seeded else _seed_body()
+            doc = "seed rows (a data migration)"
         elif owner[number]:
             body, doc = _tables_body(owner[number]), f"tables {owner[number]}"
             created = max(owner[number])
@@ -251,18 +273,24 @@ def _small_change_body(number: int, created: int) -> str:
     )
 
 
-def test_modules(tests: int) -> list[str]:
+def test_modules(tests: int, *, seeded: bool) -> list[str]:
     """Test files of ``TESTS_PER_FILE`` tests each; every test asks for the ``db`` fixture."""
     modules = []
+    names = "change_seed, place_order" if seeded else "place_order"
     for start in range(0, tests, TESTS_PER_FILE):
         numbers = range(start, min(start + TESTS_PER_FILE, tests))
         body = "".join(
-            f"\n\nasync def test_order_{n:04d}(db: AsyncSession) -> None:\n"
-            f'    await place_order(db, "{n:04d}", lines={1 + n % 4})\n'
+            f"\n\nasync def test_order_{n:04d}(db: AsyncSession) -> None:\n" + _test_body(n, seeded)
             for n in numbers
         )
         modules.append(
             "from sqlalchemy.ext.asyncio import AsyncSession\n\n"
-            f"from bench_scenario import place_order\n{body}"
+            f"from bench_scenario import {names}\n{body}"
         )
     return modules
+
+
+def _test_body(n: int, seeded: bool) -> str:
+    if seeded:
+        return seeding.test_body(n)
+    return f'    await place_order(db, "{n:04d}", lines={1 + n % 4})\n'

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import compileall
 import hashlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import asyncpg
@@ -68,13 +70,33 @@ def freeze_plugin(ctx: Context) -> dict[str, str]:
     repo = BENCH_DIR.parent
     target = ctx.scratch / "plugin-src"
     shutil.copytree(repo / "src", target, ignore=shutil.ignore_patterns("__pycache__"))
+    return _frozen(ctx, target, _git(repo, "status", "--porcelain", "src"))
+
+
+def freeze_committed_plugin(ctx: Context) -> dict[str, str]:
+    """Like ``freeze_plugin``, but src/ as committed at HEAD: edits in progress stay out."""
+    repo = BENCH_DIR.parent
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", "HEAD", "src"],
+        capture_output=True,
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(ctx.scratch, filter="data")
+    target = ctx.scratch / "plugin-src"
+    (ctx.scratch / "src").rename(target)
+    return _frozen(ctx, target, "")
+
+
+def _frozen(ctx: Context, target: Path, uncommitted: str) -> dict[str, str]:
     ctx.plugin_src = target
+    repo = BENCH_DIR.parent
     digest = hashlib.sha256()
     for path in sorted(target.rglob("*.py")):
         digest.update(path.relative_to(target).as_posix().encode() + b"\0" + path.read_bytes())
     return {
         "git_head": _git(repo, "rev-parse", "--short", "HEAD"),
-        "uncommitted_files": str(len(_git(repo, "status", "--porcelain", "src").splitlines())),
+        "uncommitted_files": str(len(uncommitted.splitlines())),
         "src_sha256": digest.hexdigest()[:16],
     }
 

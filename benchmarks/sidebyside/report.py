@@ -157,24 +157,10 @@ def reuse_section(reuse: ReuseCheck | None) -> list[str]:
 def markdown(
     data: dict[str, Any], plan: Plan, stats: dict[str, CaseStats], sections: dict[str, list[str]]
 ) -> str:
-    machine = data["machine"]
-    server = machine["server"]
-    source = data["plugin_source"]
     head = [
         "# Benchmarks: pytest-pgtemplate side by side",
         "",
-        f"- date: {machine['date']}; total benchmark time {data['elapsed_s'] / 60:.1f} min",
-        f"- machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, "
-        f"{machine['os']}, Python {machine['python']}; load average at start "
-        f"{machine['load_avg_start']}, at end {machine['load_avg_end']}",
-        f"- server: PostgreSQL {server['version']} at {data['server_url']} (stock settings: fsync "
-        f"{server['fsync']}, synchronous_commit {server['synchronous_commit']}, shared_buffers "
-        f"{server['shared_buffers']}), the same for every setup except the plugin's own server row",
-        f"- packages: {', '.join(f'{k} {v}' for k, v in machine['packages'].items())}",
-        f"- plugin source: git {source['git_head']} with {source['uncommitted_files']} uncommitted "
-        f"file(s) in src/ (sha256 {source['src_sha256']}), copied at the start and put first on "
-        "PYTHONPATH so every run measures the same code",
-        f"- command: `{data['command']}`",
+        *conditions(data, "the same for every setup except the plugin's own server row"),
         f"- up to {plan.rounds} interleaved round(s) after a warm-up round: every case once per "
         "round (round 1 in table order, later rounds shuffled with a fixed seed, so no setup "
         "always follows the same one), and an untimed `CHECKPOINT` before every run so no run "
@@ -187,6 +173,27 @@ def markdown(
     for workload in plan.workloads:
         body += workload_table(plan, stats, workload)
     return "\n".join(head + body + _joined(sections)) + "\n"
+
+
+def conditions(data: dict[str, Any], server_note: str) -> list[str]:
+    """Date, machine, server, packages, plugin source and command: what a figure depends on."""
+    machine = data["machine"]
+    server = machine["server"]
+    source = data["plugin_source"]
+    return [
+        f"- date: {machine['date']}; total benchmark time {data['elapsed_s'] / 60:.1f} min",
+        f"- machine: {machine['cores']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, "
+        f"{machine['os']}, Python {machine['python']}; load average at start "
+        f"{machine['load_avg_start']}, at end {machine['load_avg_end']}",
+        f"- server: PostgreSQL {server['version']} at {data['server_url']} (stock settings: fsync "
+        f"{server['fsync']}, synchronous_commit {server['synchronous_commit']}, shared_buffers "
+        f"{server['shared_buffers']}), {server_note}",
+        f"- packages: {', '.join(f'{k} {v}' for k, v in machine['packages'].items())}",
+        f"- plugin source: git {source['git_head']} with {source['uncommitted_files']} uncommitted "
+        f"file(s) in src/ (sha256 {source['src_sha256']}), copied at the start and put first on "
+        "PYTHONPATH so every run measures the same code",
+        f"- command: `{data['command']}`",
+    ]
 
 
 def _joined(sections: dict[str, list[str]]) -> list[str]:

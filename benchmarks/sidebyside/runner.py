@@ -24,6 +24,7 @@ import asyncpg
 
 from . import parse
 from .config import FLOOR, PLUGIN_DEFAULT, Case, Plan, Workload
+from .generate import test_paths
 
 RUN_TIMEOUT = 1800.0
 BENCH_DIR = Path(__file__).resolve().parents[1]
@@ -76,6 +77,8 @@ def command(case: Case, ctx: Context, cache: Path | None = None) -> list[str]:
         cmd.append(f"--pgtemplate-url={ctx.admin_url}")
     if setup.embedded:
         cmd.append(f"--pgtemplate-cache-dir={cache or ctx.server_cache('embedded')}")
+    if case.sample is not None:
+        cmd += test_paths(case.sample)
     return cmd
 
 
@@ -197,6 +200,15 @@ def _first_of_setup(plan: Plan, case: Case) -> bool:
     same = [c for c in plan.cases if c.workload == case.workload and c.setup == case.setup]
     workers = [c.workers for c in same]
     return case.workers == (wanted if wanted in workers else workers[0])
+
+
+def print_progress(index: int, total: int, run: RunResult) -> None:
+    """One line per finished run: its time and outcome, with the log when it went wrong."""
+    o = run.outcome
+    what = f"{o.passed} passed" + (f", {o.failed} failed, {o.errors} errors" if not o.ok else "")
+    if run.returncode not in (0, 1) or not o.passed:
+        what += f"; exit {run.returncode}: {run.error} (log: {run.log})"
+    print(f"[{index}/{total}] r{run.round} {run.case}: {run.wall:.2f} s ({what})", flush=True)
 
 
 def run_plan(

@@ -110,10 +110,10 @@ def clone_options(server: ServerInfo, *, durable: bool) -> CloneOptions:
 
     PostgreSQL 18's ``file_copy_method = clone`` turns FILE_COPY's file copies into reflinks,
     used only where ``server.reflink`` proves the data directory is here and reflinks. With fsync
-    off it costs the same whatever the template's size (``benchmarks/clone_size.py``, XFS: 11 ms
-    at 19 MB against 20 ms copying, 15 ms at 1.2 GB against 1.5 s). With fsync on, WAL_LOG stays:
-    FILE_COPY's checkpoints flush the whole cluster, and a 19 MB template took 642 ms cloned
-    against 88 ms with WAL_LOG (the clone wins only from a few hundred MB on).
+    off it costs the same whatever the template's size (``benchmarks/clone_size.py``, XFS: 18 ms
+    at 19 MB against 26 ms copying, 16 ms at 1.2 GB against 3.1 s). With fsync on, WAL_LOG stays:
+    FILE_COPY's checkpoints flush the whole cluster, so a 19 MB template took 550 ms cloned
+    against 104 ms with WAL_LOG (125 MB: 703 against 464; only at 1.2 GB did clone win).
     """
     if server.major < 15:
         return CloneOptions(None, durable, server.major)

@@ -71,7 +71,7 @@ CHOICES = {  # (major, fsync, reflink evidence): (strategy, file_copy_method, en
         "WAL_LOG",
         "copy",
         "WAL_LOG, fsync on: fewer checkpoints; no file_copy_method=clone: xfs reflinks, "
-        "but fsync on: checkpoints cost more",
+        "but fsync on and 19 MB",
     ),
     (18, True, False): (
         "WAL_LOG",
@@ -85,8 +85,24 @@ CHOICES = {  # (major, fsync, reflink evidence): (strategy, file_copy_method, en
 def test_choice_by_major_fsync_and_reflink_evidence(case: tuple[int, bool, bool]) -> None:
     major, fsync, reflink = case
     note = "xfs reflinks" if reflink else "tmpfs does not reflink"
-    options = clone_options(server(major, fsync=fsync, reflink=reflink, note=note), durable=False)
+    options = clone_options(
+        server(major, fsync=fsync, reflink=reflink, note=note),
+        durable=False,
+        template_bytes=19 << 20,
+    )
     assert (options.strategy, options.file_copy_method, options.describe()) == CHOICES[case]
+
+
+def test_with_fsync_on_a_large_template_is_cloned_and_a_small_one_is_not() -> None:
+    evidence = server(18, fsync=True, reflink=True, note="xfs reflinks")
+    large = clone_options(evidence, durable=False, template_bytes=1178 << 20)
+    assert (large.strategy, large.file_copy_method) == ("FILE_COPY", "clone")
+    assert large.describe() == "FILE_COPY, fsync on, file_copy_method=clone: xfs reflinks, " + (
+        "template 1178 MB"
+    )
+    for small in (511 << 20, None):
+        options = clone_options(evidence, durable=False, template_bytes=small)
+        assert (options.strategy, options.file_copy_method) == ("WAL_LOG", "copy")
 
 
 def test_a_server_whose_data_directory_is_elsewhere_gets_no_clone(tmp_path: Path) -> None:

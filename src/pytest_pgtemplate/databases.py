@@ -93,39 +93,56 @@ class CloneOptions:
     """PostgreSQL 18+: ``clone`` or ``copy``, SET on the admin session before a FILE_COPY."""
     clone_note: str = ""
     """Why ``file_copy_method = clone`` is (not) used: the reflink evidence, or the fsync rule."""
+    fsync: bool = False
 
     def describe(self) -> str:
         """For the end-of-run line: the method and why it was chosen."""
         if self.strategy is None:
             return f"PostgreSQL {self.server_major} has no STRATEGY"
-        why = "fsync off" if self.strategy == "FILE_COPY" else "fsync on: fewer checkpoints"
+        why = "fsync on: fewer checkpoints" if self.strategy == "WAL_LOG" else "fsync off"
+        if self.fsync and self.strategy == "FILE_COPY":
+            why = "fsync on"
         text = f"{self.strategy}, {why}"
         if self.file_copy_method == "clone":
             return f"{text}, file_copy_method=clone: {self.clone_note}"
         return f"{text}; no file_copy_method=clone: {self.clone_note}" if self.clone_note else text
 
 
-def clone_options(server: ServerInfo, *, durable: bool) -> CloneOptions:
+CLONE_DESPITE_FSYNC_BYTES = 512 << 20
+"""With fsync on, FILE_COPY + clone beats WAL_LOG from about 250 MB (``clone_size.py``); the
+checkpoints' cost grows with what else is dirty, so the switch sits at twice that."""
+
+
+def clone_options(
+    server: ServerInfo, *, durable: bool, template_bytes: int | None = None
+) -> CloneOptions:
     """FILE_COPY pays two checkpoints, cheap without fsync; WAL_LOG wins on a durable disk.
 
     PostgreSQL 18's ``file_copy_method = clone`` turns FILE_COPY's file copies into reflinks,
     used only where ``server.reflink`` proves the data directory is here and reflinks. With fsync
     off it costs the same whatever the template's size (``benchmarks/clone_size.py``, XFS: 18 ms
-    at 19 MB against 26 ms copying, 16 ms at 1.2 GB against 3.1 s). With fsync on, WAL_LOG stays:
-    FILE_COPY's checkpoints flush the whole cluster, so a 19 MB template took 550 ms cloned
-    against 104 ms with WAL_LOG (125 MB: 703 against 464; only at 1.2 GB did clone win).
+    at 19 MB against 26 ms copying, 16 ms at 1.2 GB against 3.1 s). With fsync on, FILE_COPY's
+    checkpoints flush the whole cluster: a 19 MB template took 550 ms cloned against 104 ms with
+    WAL_LOG (125 MB: 703 against 464), while at 1.2 GB clone won (441 against 3388), so the
+    template's size (``template_bytes``) decides there.
     """
+
+    def options(strategy: str | None, method: str | None = None, note: str = "") -> CloneOptions:
+        return CloneOptions(strategy, durable, server.major, method, note, server.fsync)
+
     if server.major < 15:
-        return CloneOptions(None, durable, server.major)
+        return options(None)
     strategy = "WAL_LOG" if server.fsync else "FILE_COPY"
     if server.major < 18:
-        return CloneOptions(strategy, durable, server.major)
+        return options(strategy)
     if not server.reflink:
-        return CloneOptions(strategy, durable, server.major, "copy", server.reflink_note)
+        return options(strategy, "copy", server.reflink_note)
     if server.fsync:
-        note = f"{server.reflink_note}, but fsync on: checkpoints cost more"
-        return CloneOptions(strategy, durable, server.major, "copy", note)
-    return CloneOptions(strategy, durable, server.major, "clone", server.reflink_note)
+        size = f"{template_bytes / 2**20:.0f} MB" if template_bytes is not None else "size unknown"
+        if template_bytes is None or template_bytes < CLONE_DESPITE_FSYNC_BYTES:
+            return options(strategy, "copy", f"{server.reflink_note}, but fsync on and {size}")
+        return options("FILE_COPY", "clone", f"{server.reflink_note}, template {size}")
+    return options(strategy, "clone", server.reflink_note)
 
 
 async def clone(

@@ -235,7 +235,11 @@ class Provisioner:
             server_url=server.url,
             template=template.name,
             marker=marker,
-            clone=clone_options(server.info, durable=self.settings.durable),
+            clone=clone_options(
+                server.info,
+                durable=self.settings.durable,
+                template_bytes=self._template_bytes(server, template),
+            ),
             connect_timeout=self.settings.connect_timeout,
             leak_grace=self.settings.leak_grace,
         )
@@ -254,6 +258,16 @@ class Provisioner:
         self.report.clone_method = origin.clone.describe()
         self._export(database)
         return database
+
+    def _template_bytes(self, server: Server, template: TemplateInfo) -> int | None:
+        """Only where it decides the clone method: a reflinking data directory with fsync on."""
+        if not (server.info.reflink and server.fsync):
+            return None
+        size = "SELECT pg_database_size(oid) FROM pg_database WHERE datname = $1"
+        try:
+            return int(server.run(server.admin().fetchval(size, template.name)))
+        except (*DRIVER_ERRORS, TypeError):
+            return None
 
     def _export(self, database: WorkerDatabase) -> None:
         """Exported at configure time for the configured server; a conftest's own server is

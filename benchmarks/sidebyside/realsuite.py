@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         data["elapsed_s"] = time.monotonic() - started
         data["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]  # type: ignore[index]
         text = realsuite_report.markdown(data, plan, runs)
-        _write(args.out, text, data, runs)
+        raw = _write(args.out, text, data, runs, run_id)
     except KeyboardInterrupt:
         print("interrupted: cleaning up", file=sys.stderr)
         return 130
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         clean_run(ctx, args.keep)
     print(text, end="")
-    print(f"done in {(time.monotonic() - started) / 60:.1f} min; wrote {args.out}")
+    print(f"done in {(time.monotonic() - started) / 60:.1f} min; wrote {args.out} and {raw}")
     return 0
 
 
@@ -96,11 +96,15 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _write(out: Path, text: str, data: dict[str, object], runs: list[RunResult]) -> None:
-    """The markdown where asked; every run's raw figures under benchmarks/out/real_suite/."""
+def _write(
+    out: Path, text: str, data: dict[str, object], runs: list[RunResult], run_id: str
+) -> Path:
+    """The markdown where asked; every run's raw figures (per-test timings included) in a
+    file of this run's own under benchmarks/out/real_suite/, so no later run overwrites it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    raw = BENCH_DIR / "out" / "real_suite" / "results.json"
+    raw = BENCH_DIR / "out" / "real_suite" / f"{run_id}.json"
     raw.parent.mkdir(parents=True, exist_ok=True)
-    payload = {**data, "runs": [{**asdict(r), "timings": None} for r in runs]}
+    payload = {**data, "runs": [asdict(r) for r in runs]}
     raw.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    return raw

@@ -32,6 +32,8 @@ class Row:
     """Median per-test database work: the test's setup plus its teardown, ms."""
     failures: int
     error: str
+    summary: str
+    """The plugin's closing line (template built or reused, clones, resets), if any."""
 
 
 def rows(plan: Plan, runs: list[RunResult]) -> list[Row]:
@@ -60,6 +62,7 @@ def _row(case: Case, runs: list[RunResult], *, cold: bool) -> Row:
         db_ms=_db_ms(mine),
         failures=max((case.tests_run - r.outcome.passed for r in mine), default=0),
         error=next((r.error for r in mine if r.error), ""),
+        summary=next((r.summary.line for r in mine if r.summary), ""),
     )
 
 
@@ -144,5 +147,12 @@ def _notes(found: list[Row]) -> list[str]:
         f"- {row.label}: only its first {row.tests_run:,} tests ran; its total adds, for each "
         "test not run, the sample's mean time per test over the 2 workers. Not measured."
         for row in extrapolated
+    ]
+    notes += [
+        f"- {row.label}: one warm-up run before the interleaved rounds, so it also meets the "
+        "machine as it was at the start; what the plugin did once in it (template build, "
+        f"clones) is in its own summary: `{row.summary}`"
+        for row in found
+        if row.cold and row.summary
     ]
     return [*notes, ""] if notes else []

@@ -248,3 +248,24 @@ async def _describe(url: str) -> ServerInfo:
         return await describe(conn, parsed, started=True)
     finally:
         await conn.close()
+
+
+def test_with_fsync_on_the_templates_size_decides_and_the_line_names_it(
+    project: InnerProject, xfs_cache: Path
+) -> None:
+    """A durable server on XFS: the size is read (not "size unknown") and a small one is copied."""
+    started = start(find_binaries(str(pg18_bin_dir())), cache=xfs_cache, owner_pid=os.getpid())
+    with psycopg.connect(started.url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET fsync = on")
+        conn.execute("SELECT pg_reload_conf()")
+    project.add_ini(pgtemplate_url=started.url)
+    project.write_tests(USES_THE_DATABASE)
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "pgtemplate: PostgreSQL at * worker database(s) cloned (avg * ms, WAL_LOG, fsync on: "
+            "fewer checkpoints; no file_copy_method=clone: xfs reflinks, but fsync on and "
+            "[0-9]* MB) and dropped*"
+        ]
+    )

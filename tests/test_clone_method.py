@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,7 +174,7 @@ def xfs_cache() -> Iterator[Path]:
             yield mount / "cache"
         finally:
             stop_servers(mount / "cache")
-            subprocess.run(["umount", str(mount)], check=False)  # autoclear frees the loop
+            unmount(mount)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -186,6 +187,15 @@ def tmpfs_cache() -> Iterator[Path]:
     yield path
     stop_servers(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def unmount(mount: Path) -> None:
+    """A stopped server's reaper may still hold the mount for a moment; autoclear frees the loop."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(mount)], check=False, capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)
 
 
 def stop_servers(cache: Path) -> None:

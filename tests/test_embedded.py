@@ -36,6 +36,11 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pytest_pgtemplate"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
+def _signal_if_alive(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
 def _processes_mentioning(text: str) -> list[int]:
     """Pids whose command line contains ``text`` (postmasters get ``-D <data dir>``)."""
     found = []
@@ -474,15 +479,18 @@ def test_owner_killed_during_start_leaves_no_postmaster(
 def test_reaper_leaves_a_slot_taken_over_by_a_new_run(binaries: Binaries, cache: Path) -> None:
     """A dead owner's reaper must not stop the server of the run that took its slot over."""
     owner, started = _spawn_owner(cache)
-    reapers = [pid for pid in _processes_mentioning(started["data_dir"]) if pid != started["pid"]]
-    for pid in reapers:
-        os.kill(pid, signal.SIGSTOP)  # the reaper is slow: the next run claims the slot first
+    reapers = sorted(
+        set(_processes_mentioning("reaper.py")) & set(_processes_mentioning(started["data_dir"]))
+    )
+    assert reapers, "the owner's reaper runs"
+    for pid in reapers:  # the reaper is slow: the next run claims the slot first
+        _signal_if_alive(pid, signal.SIGSTOP)  # (the sh that spawned it may be ending)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
     server = start(binaries, cache=cache, owner_pid=os.getpid())
     assert str(server.data_dir) == started["data_dir"]
     for pid in reapers:
-        os.kill(pid, signal.SIGCONT)
+        _signal_if_alive(pid, signal.SIGCONT)
     assert _eventually(lambda: all(_gone(pid) for pid in reapers))
     assert _reaper.postmaster_pid(server.data_dir) == server.pid
     assert _fetch(server.url, "SELECT 1") == 1

@@ -208,6 +208,8 @@ def project(
 ) -> Iterator[InnerProject]:
     for name in [name for name in os.environ if name.startswith("PGTEMPLATE_")]:
         monkeypatch.delenv(name)  # the inner project's own ini must decide
+    for name in [name for name in os.environ if name.startswith(("PYTEST_XDIST_", "PYTEST_PGT"))]:
+        monkeypatch.delenv(name)  # an inner run is a run of its own, not one of our workers
     monkeypatch.setenv("MIGRATION_LOG", str(pytester.path / "migration.log"))
     shutil.copy(REPO / "alembic.ini", pytester.path / "alembic.ini")
     shutil.copytree(

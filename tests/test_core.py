@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import textwrap
 import uuid
+
+import pytest
 
 from conftest import InnerProject
 
@@ -97,23 +100,44 @@ def test_header_names_the_server_and_where_settings_came_from(project: InnerProj
     )
 
 
-def test_export_env_is_set_before_test_modules_are_imported(project: InnerProject) -> None:
-    project.write_ini(
-        pgtemplate_url=project.server_url,
-        pgtemplate_export_env="DATABASE_URL, OTHER_URL",
-    )
-    project.write_tests(
-        """
-        import os
+CONFTEST_READS_THE_URL_AT_IMPORT = """
+import os
 
-        AT_IMPORT = os.environ["DATABASE_URL"]
+# what an application's settings module does: read once, when conftest imports the app
+APP_DATABASE_URL = os.environ.get("DATABASE_URL", "the shell's value")
+"""
 
-        def test_exported(pg_database):
-            assert AT_IMPORT == pg_database.url == os.environ["OTHER_URL"]
-            assert pg_database.url.startswith("postgresql+asyncpg://")
-        """
+
+@pytest.mark.parametrize("server", ["named", "own"])
+def test_export_env_is_set_before_conftest_files_and_test_modules_are_imported(
+    project: InnerProject, monkeypatch: pytest.MonkeyPatch, server: str
+) -> None:
+    """An application engine built at import would otherwise migrate the shell's database."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@127.0.0.1:1/the_apps_own")
+    settings = {"pgtemplate_export_env": "DATABASE_URL, OTHER_URL"}
+    if server == "own":
+        settings["pgtemplate_url"] = ""
+    project.add_ini(**settings)
+    (project.path / "tests").mkdir()
+    (project.path / "tests" / "conftest.py").write_text(CONFTEST_READS_THE_URL_AT_IMPORT)
+    (project.path / "tests" / "test_it.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+
+            import conftest
+
+            AT_IMPORT = os.environ["DATABASE_URL"]
+
+            def test_exported(pg_database):
+                assert conftest.APP_DATABASE_URL == AT_IMPORT == pg_database.url
+                assert pg_database.url == os.environ["OTHER_URL"]
+                assert pg_database.url.startswith("postgresql+asyncpg://")
+            """
+        )
     )
-    project.run("-n", "2").assert_outcomes(passed=1)
+    for args in (("-n", "2"), ("-p", "no:xdist")):
+        project.run(*args, "tests").assert_outcomes(passed=1)
 
 
 def test_worker_database_urls_work_for_asyncpg_psycopg_and_libpq(project: InnerProject) -> None:

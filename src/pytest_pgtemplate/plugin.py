@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import replace
 from typing import Any
 
@@ -13,13 +13,20 @@ import pytest
 
 from . import fixtures, sync_fixtures
 from .errors import ConfigurationError, PgTemplateError, PgTemplateWarning
-from .naming import new_run_id, run_id_from_testrun_uid
-from .provision import Provisioner, RunIdentity
+from .identity import (
+    RunIdentity,
+    from_workerinput,
+    is_worker,
+    owner_identity,
+    publish,
+    worker_identity,
+)
+from .provision import Provisioner
 from .report import Report, summary_lines
 from .server.local import describe as describe_local
 from .server.local import start_now, stop_owned
-from .settings import OPTIONS, Option, resolve
-from .stash import CRASHED, PROVISIONER, USED_DATABASE, WORKER_REPORTS
+from .settings import OPTIONS, Option, Settings, resolve
+from .stash import CRASHED, PROVISIONER, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
 from .urls import parse_server_url
 
 _MARKER_HELP = (
@@ -45,40 +52,90 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", _MARKER_HELP)
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """The initial conftest files are imported right after this hook, and a conftest that builds
+    an engine at import time reads the variables of ``pgtemplate_export_env`` then."""
+    namespace = early_config.known_args_namespace
 
     def lookup(option: Option) -> tuple[str | bool | None, str | None]:
-        return config.getoption(option.dest), config.getini(option.ini)
+        return getattr(namespace, option.dest, None), early_config.getini(option.ini)
 
+    identity: RunIdentity | None = None
+    if is_worker(os.environ):
+        identity = worker_identity(os.environ)
+        if identity is None:  # not provably its controller's: workerinput decides, at configure
+            return
+    _begin(early_config, namespace, lookup, identity)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", _MARKER_HELP)
+    workerinput: dict[str, Any] = getattr(config, "workerinput", None) or {}
+    told = from_workerinput(workerinput) if workerinput else None
+    provisioner = config.stash.get(PROVISIONER, None)
+    if provisioner is None:  # a remote worker, a nested run, or the plugin loaded late
+
+        def lookup(option: Option) -> tuple[str | bool | None, str | None]:
+            return config.getoption(option.dest), config.getini(option.ini)
+
+        provisioner = _begin(config, config.option, lookup, told)
+    elif told is not None and told != provisioner.identity:
+        provisioner.identity = told
+        provisioner.report.worker = told.worker_id
+        _export_env(provisioner)
+    uid = config.stash.get(TESTRUN_UID, None)
+    if uid is not None:
+        config.option.testrunuid = uid  # xdist gives it to every worker: testrun_uid ~ run id
+    config.stash[WORKER_REPORTS] = []
+    config.pluginmanager.register(fixtures, "pgtemplate-fixtures")
+    config.pluginmanager.register(sync_fixtures, "pgtemplate-sync-fixtures")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(provisioner), "pgtemplate-xdist")
+
+
+def _begin(
+    config: pytest.Config,
+    namespace: object,
+    lookup: Callable[[Option], tuple[str | bool | None, str | None]],
+    identity: RunIdentity | None,
+) -> Provisioner:
+    """Settings and identity; the owner starts its server now if URLs must be exported; every
+    process but the xdist controller exports its worker database's URL."""
+    settings = _settings(lookup, config)
+    controller = bool(getattr(namespace, "numprocesses", 0)) and identity is None
+    if identity is None:
+        given = getattr(namespace, "testrunuid", None)
+        identity, config.stash[TESTRUN_UID] = owner_identity(controller=controller, given_uid=given)
+    provisioner = Provisioner(settings, identity, config.rootpath)
+    config.stash[PROVISIONER] = provisioner
+    if identity.owner_pid == os.getpid():
+        if settings.export_env and not settings.url.value and not _only_asks_for_help(namespace):
+            _start_local_server_now(provisioner)
+        publish(provisioner.identity, os.environ)
+    if not controller:
+        _export_env(provisioner)
+    return provisioner
+
+
+def _settings(
+    lookup: Callable[[Option], tuple[str | bool | None, str | None]], config: pytest.Config
+) -> Settings:
     try:
         settings = resolve(lookup, os.environ, config.rootpath)
         if settings.url.value:
             parse_server_url(settings.url.value)
     except ConfigurationError as exc:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
-    workerinput: dict[str, Any] = getattr(config, "workerinput", None) or {}
-    identity = RunIdentity(
-        run_id=workerinput.get("pgtemplate_run_id") or new_run_id(),
-        worker_id=workerinput.get("workerid", "main"),
-        owner_pid=workerinput.get("pgtemplate_owner_pid") or os.getpid(),
-        server_url=workerinput.get("pgtemplate_server_url"),
-    )
-    provisioner = Provisioner(settings, identity, config.rootpath)
-    config.stash[PROVISIONER] = provisioner
-    config.stash[WORKER_REPORTS] = []
-    config.pluginmanager.register(fixtures, "pgtemplate-fixtures")
-    config.pluginmanager.register(sync_fixtures, "pgtemplate-sync-fixtures")
-    if not workerinput and settings.export_env and not settings.url.value:
-        _start_local_server_now(provisioner)
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(provisioner), "pgtemplate-xdist")
-    if not _is_xdist_controller(config):
-        _export_env(provisioner)
+    return settings
+
+
+def _only_asks_for_help(namespace: object) -> bool:
+    return bool(getattr(namespace, "help", False) or getattr(namespace, "version", False))
 
 
 def _start_local_server_now(provisioner: Provisioner) -> None:
-    """Exported URLs must exist before test modules import: no lazy start for them."""
+    """Exported URLs must exist before conftest files import: no lazy start for them."""
     try:
         server = start_now(provisioner.local_server())
     except PgTemplateError as exc:
@@ -88,12 +145,8 @@ def _start_local_server_now(provisioner: Provisioner) -> None:
     provisioner.report.server_started = True
 
 
-def _is_xdist_controller(config: pytest.Config) -> bool:
-    return not hasattr(config, "workerinput") and bool(getattr(config.option, "numprocesses", 0))
-
-
 def _export_env(provisioner: Provisioner) -> None:
-    """Before test modules are imported, so settings read at import time see the worker's URL."""
+    """Before conftest files and test modules are imported, so import-time reads see the URL."""
     names = provisioner.settings.export_env
     if names and provisioner.has_server_url():
         url = provisioner.worker_urls(provisioner.server_url()).url
@@ -105,15 +158,9 @@ class XdistHooks:
 
     def __init__(self, provisioner: Provisioner) -> None:
         self.provisioner = provisioner
-        self.run_id_set = False
 
     def pytest_configure_node(self, node: Any) -> None:
         identity = self.provisioner.identity
-        if not self.run_id_set:  # the controller's crash sweep looks for the workers' run id
-            uid, given = node.workerinput.get("testrunuid"), node.config.getoption("testrunuid")
-            run_id = run_id_from_testrun_uid(uid, given=given) or identity.run_id
-            identity = self.provisioner.identity = replace(identity, run_id=run_id)
-            self.run_id_set = True
         node.workerinput["pgtemplate_run_id"] = identity.run_id
         node.workerinput["pgtemplate_owner_pid"] = identity.owner_pid
         node.workerinput["pgtemplate_server_url"] = identity.server_url

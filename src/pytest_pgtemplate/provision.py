@@ -18,6 +18,7 @@ from . import databases
 from .aio import BackgroundLoop, process_loop
 from .databases import clone_options
 from .errors import ConfigurationError, PgTemplateError
+from .identity import RunIdentity
 from .migrators import Migrator, build_migrator
 from .naming import Marker, empty_name, now_iso, template_name, worker_database_name
 from .report import Report
@@ -38,18 +39,6 @@ NO_URL_MESSAGE = (
     "PGTEMPLATE_URL in the environment, or pass --pgtemplate-url, e.g. "
     "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-
-
-@dataclass(frozen=True)
-class RunIdentity:
-    run_id: str
-    """Shared by all workers of one run (unique across runs, machines and CI shards)."""
-    worker_id: str
-    """``gw0``, ``gw1``... under xdist, ``main`` without it."""
-    owner_pid: int
-    """The process that lives for the whole run: owns the plugin's own server, if any."""
-    server_url: str | None = None
-    """The plugin's own server, when the owner started it before the workers."""
 
 
 @dataclass

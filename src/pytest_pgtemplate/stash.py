@@ -15,6 +15,8 @@ from .worker import WorkerDatabase
 
 PROVISIONER = pytest.StashKey[Provisioner]()
 """config: settings, identity, the run report and the steps the fixtures call."""
+TESTRUN_UID = pytest.StashKey[str | None]()
+"""config (the run's owner): the ``testrunuid`` it chose for xdist, which the run id comes from."""
 WORKER_REPORTS = pytest.StashKey[list[Report]]()
 """config (xdist controller): what each worker did, as it finished."""
 CRASHED = pytest.StashKey[bool]()

@@ -321,6 +321,30 @@ def test_import_error_in_env_py_is_a_setup_problem(
     assert "fix the migration" not in message
 
 
+@pytest.mark.parametrize("where", ["no server", "no such database"])
+def test_env_py_that_cannot_connect_is_a_configuration_problem(
+    tmp_path: Path, new_database: NewDatabase, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Its own URL (the app's settings) points elsewhere: nothing migrated, nothing to fix there."""
+    template = new_database()
+    elsewhere = (
+        template.set(host="127.0.0.1", port=1)
+        if where == "no server"
+        else template.set(database=f"pgtemplate_missing_{uuid.uuid4().hex[:8]}")
+    )
+    monkeypatch.setenv(
+        "DATABASE_URL", elsewhere.set(drivername="postgresql+asyncpg").render_as_string(False)
+    )
+    ini = alembic_project(tmp_path, env_py=READS_DATABASE_URL)
+    with pytest.raises(MigrationError) as caught:
+        AlembicMigrator(ini).migrate(template)
+    message = str(caught.value)
+    assert message.startswith("alembic could not connect: "), message
+    assert "not a failing migration: nothing was migrated" in message
+    assert "pgtemplate_export_env = DATABASE_URL" in message
+    assert "fix the migration" not in message
+
+
 def test_missing_driver_names_the_driver_and_sqlalchemy_url(
     tmp_path: Path, new_database: NewDatabase
 ) -> None:

@@ -18,7 +18,9 @@ from ..urls import with_driver
 from ._base import Verified, exported, heads_match
 from ._failures import (
     anyio_message,
+    connection_message,
     elsewhere_message,
+    is_connection_problem,
     is_setup_problem,
     migration_message,
     needs_anyio_thread,
@@ -153,6 +155,8 @@ class AlembicMigrator:
     def _failure(self, exc: BaseException, logged_revision: str | None) -> str:
         if needs_anyio_thread(exc):
             return anyio_message(exc, str(self.scripts.env_py()))
+        if is_connection_problem(exc):
+            return connection_message(exc)
         if is_setup_problem(exc):
             configured = self.url_for_env(URL.create("postgresql")).split("://")[0]
             driver = configured.partition("+")[2]

@@ -28,6 +28,41 @@ def is_setup_problem(exc: BaseException) -> bool:
     )
 
 
+_REFUSED_LOGINS = {
+    "InvalidCatalogNameError",
+    "InvalidPasswordError",
+    "InvalidAuthorizationSpecificationError",
+    "CannotConnectNowError",
+}
+
+
+def is_connection_problem(exc: BaseException) -> bool:
+    """env.py could not reach or log into a server: the migrations never ran."""
+    for link in exception_chain(exc):
+        if isinstance(link, ConnectionError | TimeoutError) or type(link).__name__ in (
+            _REFUSED_LOGINS
+        ):
+            return True
+        if type(link).__name__ == "OperationalError" and "connect" in str(link).lower():
+            return True  # psycopg's "connection failed", SQLAlchemy's wrapper of it
+        if isinstance(link, OSError) and "connect call failed" in str(link).lower():
+            return True  # asyncpg's refused connection to every address of a host
+    return False
+
+
+def connection_message(exc: BaseException) -> str:
+    return (
+        f"alembic could not connect: {describe_error(exc)}. The plugin gives env.py the "
+        "template's URL in sqlalchemy.url; if the error names another host, port or database, "
+        "env.py connects with a URL of its own (your app's settings or an environment variable "
+        "such as DATABASE_URL). Fix: set pgtemplate_export_env = DATABASE_URL (the plugin sets "
+        "it before conftest files are imported and points it at the template while migrating), "
+        "or make env.py connect with config.get_main_option('sqlalchemy.url'). This is a "
+        "configuration problem, not a failing migration: nothing was migrated, and the "
+        "half-built template was dropped."
+    )
+
+
 def needs_anyio_thread(exc: BaseException) -> bool:
     """anyio.from_thread.* called outside an AnyIO worker thread (``NoEventLoopError``)."""
     return any(

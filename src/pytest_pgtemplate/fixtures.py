@@ -254,8 +254,9 @@ def _warn_about(outcome: ResetOutcome, who: str, database: WorkerDatabase) -> No
             PgTemplateWarning(
                 f"{who} left {len(outcome.leaked)} connection(s) open inside a transaction on "
                 f"{database.name} ({details}). pytest-pgtemplate ended them to reset the "
-                "database; close sessions and connections (async with AsyncSession(...)) before "
-                "the test ends."
+                "database; close sessions and connections before the test ends (async with "
+                "AsyncSession(...), with Session(...)), and give a session that outlives a test "
+                "(session-scoped) a commit or rollback at the end of each test."
             ),
             stacklevel=1,
         )

@@ -140,6 +140,46 @@ def test_export_env_is_set_before_conftest_files_and_test_modules_are_imported(
         project.run(*args, "tests").assert_outcomes(passed=1)
 
 
+SETTINGS_IN_PARTS = """
+import os
+
+# an app whose settings come in parts (host, port, database), read once at import
+PARTS = {name: os.environ.get(name) for name in ("PG_HOST", "PG_PORT", "PG_DB", "PG_SYNC")}
+"""
+
+
+def test_export_env_can_hand_out_the_url_in_parts(project: InnerProject) -> None:
+    project.add_ini(
+        pgtemplate_export_env="PG_HOST={host} PG_PORT={port}, PG_DB={database} PG_SYNC={sync_url}"
+    )
+    (project.path / "tests").mkdir()
+    (project.path / "tests" / "conftest.py").write_text(SETTINGS_IN_PARTS)
+    (project.path / "tests" / "test_it.py").write_text(
+        textwrap.dedent(
+            """
+            from sqlalchemy.engine import make_url
+
+            import conftest
+
+            def test_parts(pg_worker_database):
+                url = make_url(pg_worker_database.url)
+                assert conftest.PARTS == {
+                    "PG_HOST": url.host,
+                    "PG_PORT": str(url.port),
+                    "PG_DB": pg_worker_database.name,
+                    "PG_SYNC": pg_worker_database.sync_url,
+                }
+            """
+        )
+    )
+    project.run("-n", "2", "tests").assert_outcomes(passed=1)
+    project.add_ini(pgtemplate_export_env="PG_DB={dbname}")
+    result = project.run("-p", "no:xdist", "tests")
+    result.stderr.fnmatch_lines(
+        ["*NAME={field} with field one of *'database'* (got 'PG_DB={dbname}')*"]
+    )
+
+
 def test_worker_database_urls_work_for_asyncpg_psycopg_and_libpq(project: InnerProject) -> None:
     project.write_tests(
         """

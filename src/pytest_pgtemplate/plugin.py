@@ -27,7 +27,7 @@ from .server.local import describe as describe_local
 from .server.local import start_now, stop_owned
 from .settings import OPTIONS, Option, Settings, resolve
 from .stash import CRASHED, PROVISIONER, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
-from .urls import parse_server_url
+from .urls import export_values, parse_server_url
 
 _MARKER_HELP = (
     "pgtemplate(reset=STRATEGY): the test uses its worker's database (as if it asked for "
@@ -150,7 +150,7 @@ def _export_env(provisioner: Provisioner) -> None:
     names = provisioner.settings.export_env
     if names and provisioner.has_server_url():
         url = provisioner.worker_urls(provisioner.server_url()).url
-        os.environ.update(dict.fromkeys(names, url))
+        os.environ.update(export_values(names, url))
 
 
 class XdistHooks:

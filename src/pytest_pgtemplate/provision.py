@@ -30,7 +30,7 @@ from .server.local import describe as describe_local
 from .settings import Settings
 from .sweep import DropResult, Entry, drop_entries, inventory, surplus_templates, sweepable
 from .template import BuildRequest, TemplateInfo, ensure_template, template_fingerprint
-from .urls import libpq, parse_server_url, redacted
+from .urls import export_values, libpq, parse_server_url, redacted
 from .worker import Origin, WorkerDatabase, create_worker_database, worker_database
 
 _SEE_LOG = "See the server's log; the run drops what it created."
@@ -262,8 +262,7 @@ class Provisioner:
         """Exported at configure time for the configured server; a conftest's own server is
         known only now, so the variables follow it (code that read them at import saw the
         configured server's URL: read ``pg_worker_database.url`` instead)."""
-        for name in self.settings.export_env:
-            os.environ[name] = database.url
+        os.environ.update(export_values(self.settings.export_env, database.url))
 
     def create_empty_database(self, server: Server) -> WorkerDatabase:
         """From template0, owned by the role in use; claimed like the worker's, so swept alike."""

@@ -263,14 +263,21 @@ def _alembic_ini(resolved: Resolved, builder: str, rootdir: Path) -> Path | None
     return path
 
 
+EXPORT_FIELDS = ("url", "sync_url", "libpq_url", "host", "port", "database", "user", "password")
+"""What ``NAME={field}`` in pgtemplate_export_env may name: the URL's forms, or one of its parts."""
+
+
 def _env_names(raw: str) -> tuple[str, ...]:
-    names = tuple(name for name in re.split(r"[\s,]+", raw) if name)
-    for name in names:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+    """``NAME`` (the URL) or ``NAME={field}`` (one part of it), e.g. ``POSTGRES_DB={database}``."""
+    entries = tuple(entry for entry in re.split(r"[\s,]+", raw) if entry)
+    fields = "|".join(EXPORT_FIELDS)
+    for entry in entries:
+        if not re.fullmatch(rf"[A-Za-z_][A-Za-z0-9_]*(=\{{({fields})\}})?", entry):
             raise ConfigurationError(
-                f"pgtemplate_export_env entries must be environment variable names (got {name!r})"
+                "pgtemplate_export_env entries must be environment variable names, or "
+                f"NAME={{field}} with field one of {list(EXPORT_FIELDS)} (got {entry!r})"
             )
-    return names
+    return entries
 
 
 def _count(option: Option, raw: str) -> int:

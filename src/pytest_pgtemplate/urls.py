@@ -46,3 +46,24 @@ def with_driver(url: URL, driver: str) -> str:
 def redacted(url: URL) -> str:
     """Printable form: the password is masked."""
     return url.render_as_string(hide_password=True)
+
+
+def export_values(entries: tuple[str, ...], url: str) -> dict[str, str]:
+    """``NAME`` gets ``url`` as given; ``NAME={field}`` one part of it, for settings split in
+    parts (``POSTGRES_SERVER={host}``, ``POSTGRES_DB={database}``)."""
+    parsed = make_url(url)
+    parts = {
+        "url": with_driver(parsed, "asyncpg"),
+        "sync_url": with_driver(parsed, "psycopg"),
+        "libpq_url": libpq(parsed),
+        "host": parsed.host or "",
+        "port": str(parsed.port or 5432),
+        "database": parsed.database or "",
+        "user": parsed.username or "",
+        "password": parsed.password or "",
+    }
+    values = {}
+    for entry in entries:
+        name, _, field = entry.partition("=")
+        values[name] = parts[field.strip("{}")] if field else url
+    return values

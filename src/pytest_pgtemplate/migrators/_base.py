@@ -11,6 +11,8 @@ from typing import Protocol, TypeVar
 
 from sqlalchemy.engine import URL
 
+from ..urls import export_values
+
 T = TypeVar("T")
 
 
@@ -75,8 +77,9 @@ def heads_match(expected: tuple[str, ...] | None, recorded: str, *, required: bo
 @contextmanager
 def exported(names: tuple[str, ...], value: str) -> Iterator[None]:
     """Point the app's own settings (``DATABASE_URL``...) at the template while migrating."""
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(dict.fromkeys(names, value))
+    values = export_values(names, value)
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:

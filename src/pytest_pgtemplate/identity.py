@@ -18,7 +18,7 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .naming import new_run_id, run_id_from_testrun_uid
+from .naming import new_run_id
 
 OWNER_ENV = "PYTEST_PGTEMPLATE_OWNER"
 _WORKER_ENV = "PYTEST_XDIST_WORKER"
@@ -45,8 +45,7 @@ def owner_identity(*, controller: bool, given_uid: str | None) -> tuple[RunIdent
     the run id is then a fresh one.
     """
     uid = uuid.uuid4().hex if controller and given_uid is None else None
-    run_id = run_id_from_testrun_uid(uid, given=None) if uid else None
-    return RunIdentity(run_id or new_run_id(), "main", os.getpid()), uid
+    return RunIdentity(uid[:12] if uid else new_run_id(), "main", os.getpid()), uid
 
 
 def worker_identity(environ: Mapping[str, str]) -> RunIdentity | None:

@@ -29,17 +29,6 @@ def new_run_id() -> str:
     return secrets.token_hex(6)
 
 
-def run_id_from_testrun_uid(uid: object, *, given: object) -> str | None:
-    """xdist's own ``testrun_uid`` (a uuid4 it generates), so logs and databases correlate.
-
-    A uid the user passes with ``--testrunuid`` is often shared by every CI shard on purpose;
-    the run id must not be (it names the shard's databases and its claim on them): None then.
-    """
-    if given is not None or not isinstance(uid, str) or not re.fullmatch(r"[0-9a-f]{32}", uid):
-        return None
-    return uid[:12]
-
-
 def template_name(fingerprint: str) -> str:
     return f"{PREFIX}tpl_{fingerprint[:20]}"
 

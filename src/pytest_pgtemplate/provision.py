@@ -120,14 +120,11 @@ class Provisioner:
         self._servers[server.key] = server
         if not self.report.server:
             self.report.server = f"PostgreSQL at {redacted(make_url(server.url))} (pg_server)"
-        if not configured and not self._is_configured(server):
+        if not configured:  # a conftest's own Server (a duplicate line costs one more sweep)
             record_server(self._servers_file(), server.url)
         server.run(server.lease.ensure())
         self._sweep(server)
         return server
-
-    def _is_configured(self, server: Server) -> bool:
-        return self.has_server_url() and libpq(self.server_url()) == server.key
 
     def _servers_file(self) -> Path:
         return self.local_server().cache / "runs" / f"{self.identity.run_id}.servers"

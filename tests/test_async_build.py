@@ -44,9 +44,8 @@ async def app(request):
     waited = time.monotonic() - started
     await asyncio.sleep(0.1)
     task.cancel()
-    during = [b for b in beats if b >= started - 0.05]
-    longest_stall = max(later - earlier for earlier, later in zip(during, during[1:]))
-    yield database, waited, longest_stall
+    turns = len([b for b in beats if started <= b <= started + waited])
+    yield database, waited, turns
 """
 
 TESTS = """
@@ -55,10 +54,12 @@ import pytest
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_the_loop_kept_turning_during_the_build(app, pg_worker_database):
-    database, waited, longest_stall = app
+    database, waited, turns = app
     assert database is pg_worker_database
     assert waited >= 2, "the build (2 s) ran while the fixture awaited it"
-    assert longest_stall < 0.5, f"the loop stalled {longest_stall:.2f} s"
+    # A frozen loop turns 0 times during the build; a free one every 20 ms (100 times), and
+    # even a very busy machine turns it more than 10 times in those 2 s.
+    assert turns >= 10, f"the loop turned {turns} times while the template was built"
 """
 
 

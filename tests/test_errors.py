@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 
@@ -27,9 +26,7 @@ def test_uses_it_too(pg_database):
 def test_unreachable_server_fails_fast_with_the_fix(project: InnerProject) -> None:
     project.write_ini(pgtemplate_url="postgresql://postgres@127.0.0.1:1/postgres")
     project.write_tests(USES_DATABASE)
-    started = time.monotonic()
-    result = project.run("-n", "2")
-    assert time.monotonic() - started < 30
+    result = project.run("-n", "2")  # a hang would meet the inner run's timeout
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [

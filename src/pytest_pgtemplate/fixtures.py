@@ -248,27 +248,42 @@ def reset_strategy(request: pytest.FixtureRequest) -> str:
 
 
 def _warn_about(outcome: ResetOutcome, who: str, database: WorkerDatabase) -> None:
+    for message in warnings_for(outcome, who, database.name):
+        warnings.warn(PgTemplateWarning(message), stacklevel=1)
+
+
+def warnings_for(outcome: ResetOutcome, who: str, name: str) -> list[str]:
+    """What a reset repaired on the user's behalf, one line each, naming the fix."""
+    lines = []
     if outcome.leaked:
         details = "; ".join(f"pid {b.pid} {b.state}: {b.query!r}" for b in outcome.leaked)
-        warnings.warn(
-            PgTemplateWarning(
-                f"{who} left {len(outcome.leaked)} connection(s) open inside a transaction on "
-                f"{database.name} ({details}). pytest-pgtemplate ended them to reset the "
-                "database; close sessions and connections before the test ends (async with "
-                "AsyncSession(...), with Session(...)), and give a session that outlives a test "
-                "(session-scoped) a commit or rollback at the end of each test."
-            ),
-            stacklevel=1,
+        lines.append(
+            f"{who} left {len(outcome.leaked)} connection(s) inside a transaction on {name} "
+            f"({details}). pytest-pgtemplate waited for them, then ended them to reset the "
+            "database; close sessions and connections before the test ends (async with "
+            "AsyncSession(...), with Session(...)), and give a session that outlives a test "
+            "(session-scoped) a commit or rollback at the end of each test."
+        )
+    if outcome.prepared:
+        lines.append(
+            f"{who} left prepared transaction(s) {', '.join(outcome.prepared)} on {name}; "
+            "pytest-pgtemplate rolled them back. COMMIT PREPARED or ROLLBACK PREPARED them in "
+            "the test."
         )
     if outcome.schema_changed:
-        warnings.warn(
-            PgTemplateWarning(
-                f"{who} changed the schema of {database.name} (DDL: CREATE, ALTER, DROP...), "
-                "which a row-level reset cannot undo; the database was re-cloned from the "
-                'template. Mark such tests @pytest.mark.pgtemplate(reset="recreate").'
-            ),
-            stacklevel=1,
+        ran = "; ".join(outcome.schema[:3]) + ("; ..." if len(outcome.schema) > 3 else "")
+        lines.append(
+            f"{who} changed the schema of {name} ({ran}), which a row-level reset cannot undo; "
+            "the database was re-cloned from the template. Mark such tests "
+            '@pytest.mark.pgtemplate(reset="recreate").'
         )
+    if outcome.databases:
+        lines.append(
+            f"database(s) {', '.join(outcome.databases)} appeared on the plugin's own server "
+            f"while {who} ran (created by it, or by a test running at the same time on another "
+            "worker) and are left there; drop them in the test or in a fixture's teardown."
+        )
+    return lines
 
 
 async def async_worker_database(request: pytest.FixtureRequest) -> WorkerDatabase:

@@ -28,7 +28,11 @@ from .fingerprint import hash_parts
 from .lease import Lease, build_lock_key
 from .migrators import Migrator, Verified
 from .naming import Marker, now_iso
-from .urls import for_database
+from .reset.install import install
+from .urls import for_database, libpq
+
+TRACKING_VERSION = "1"
+"""Part of every fingerprint: a template built with other (or no) change tracking is not reused."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def template_fingerprint(migrator: Migrator, server_major: int, role: str = "") 
     return hash_parts(
         [
             ("plugin", __version__.split(".")[0].encode()),
+            ("tracking", TRACKING_VERSION.encode()),
             ("server", str(server_major).encode()),
             ("role", role.encode()),
             *migrator.fingerprint_parts(),
@@ -109,6 +114,7 @@ def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildReques
         verified = _run_without_event_loop(
             request.migrator, for_database(request.server_url, request.name)
         )
+        loop.run(_install_tracking(for_database(request.server_url, request.name)))
         if verified.marker_text:
             marker = replace(marker, alembic=verified.marker_text)
             loop.run(databases.set_marker(admin, request.name, marker))
@@ -124,6 +130,15 @@ def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildReques
         reused=False,
         build_seconds=time.perf_counter() - started,
     )
+
+
+async def _install_tracking(url: URL) -> None:
+    """After the build is verified, before it is trusted: a template without it is never used."""
+    conn = await asyncpg.connect(libpq(url))
+    try:
+        await install(conn)
+    finally:
+        await conn.close()
 
 
 def _migrate_and_verify(migrator: Migrator, url: URL) -> Verified:

@@ -24,8 +24,7 @@ from .databases import CloneOptions
 from .errors import PgTemplateError, ResetError
 from .lease import Lease
 from .naming import Marker, kept_name, quote_ident, spare_name
-from .reset.resetter import LeakedBackend, ResetOutcome, Resetter, open_resetter
-from .reset.snapshot import Snapshot
+from .reset.resetter import Known, LeakedBackend, ResetOutcome, Resetter, open_resetter
 from .server.admin import DRIVER_ERRORS, connect, driver_errors
 from .urls import for_database, libpq, with_driver
 
@@ -42,6 +41,8 @@ class Origin:
     clone: CloneOptions
     connect_timeout: float
     leak_grace: float
+    watch_databases: bool = False
+    """Report databases that appear on the server (the plugin's own server: nobody else's)."""
 
 
 @dataclass(eq=False)
@@ -143,8 +144,10 @@ class _Slot:
     """The process's admin connection (reconnected when lost); never the lease's."""
     on_reset: Callable[[], None]
     resetter: Resetter | None = None
-    snapshot: Snapshot | None = None
-    """The pristine clone's state; kept across reconnects, renewed with every fresh clone."""
+    known: Known | None = None
+    """The template's layout and the clone's own settings: kept across reconnects and clones."""
+    fresh: bool = True
+    """The database is a clone no test has touched: its resetter records its settings."""
     dirty: bool = False
     generation: int = 0
     _spare: concurrent.futures.Future[None] | None = field(default=None, repr=False)
@@ -153,6 +156,7 @@ class _Slot:
     def create(self) -> None:
         with self._errors(f"cloning {self.origin.template} into {self.name}"):
             self._clone(self.name)
+            self.fresh = True
             self._open_resetter()
 
     def ensure_clean(self) -> ResetOutcome:
@@ -199,7 +203,8 @@ class _Slot:
             else:
                 self._clone(self.name)
             self.dirty = False
-            self._open_resetter()  # the snapshot stays valid: every clone of the template is alike
+            self.fresh = True
+            self._open_resetter()
         self.prepare_spare()
         return leaked
 
@@ -287,10 +292,16 @@ class _Slot:
         dsn = libpq(for_database(make_url(origin.server_url), self.name))
         self.resetter = self.loop.run(
             open_resetter(
-                dsn, self.name, origin.connect_timeout, self.snapshot, leak_grace=origin.leak_grace
+                dsn,
+                self.name,
+                origin.connect_timeout,
+                self.known,
+                fresh=self.fresh,
+                leak_grace=origin.leak_grace,
+                watch_databases=origin.watch_databases,
             )
         )
-        self.snapshot = self.resetter.snapshot
+        self.known, self.fresh = self.resetter.known, False
 
 
 def _rename(old: str, new: str) -> str:

@@ -1,4 +1,11 @@
-"""Putting a worker database back to the template's state after a test, or before one."""
+"""The plugin's own connection to one worker database, and a reset from start to end.
+
+A reset: one call to ``pgtemplate.check()``; if another connection is still inside a
+transaction, it gets a grace to finish (an active query and one idle in its transaction alike)
+and is ended after it; a prepared transaction left behind is rolled back; then the restore
+undoes what the marks name, in one transaction. When a test changed the schema nothing is
+restored: the caller replaces the database with a fresh clone.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +16,25 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ..errors import ResetError
-from ..naming import Marker
-from .snapshot import RestoreStats, Snapshot, capture, restore
+from ..naming import Marker, quote_literal
+from .check import Backend, Changes, Watch, check
+from .layout import Layout
+from .restore import RestoreStats, restore, settings_statements
 
+LEAK_GRACE = 1.0
+"""Seconds a transaction still open when the reset starts may take to finish (a background
+task's last query on a busy machine) before its connection is ended and reported."""
 _LOCK_TIMEOUT = "10s"
-# Seconds a transaction still open when the reset starts may take to finish before its
-# connection is ended and reported (the pgtemplate_leak_grace setting).
-LEAK_GRACE = 0.2
 _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # seconds between looks at pg_stat_activity, doubling
-
-_USER_TABLES = """
-SELECT format('%I.%I', n.nspname, c.relname) AS qualified
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p')
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-  AND c.relname <> 'alembic_version'
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                  AND d.objid = c.oid AND d.deptype = 'e')
-ORDER BY 1
-"""
-
-# Connections inside a transaction. ``stale``: idle in it for longer than the grace ($1 s)
-# already, a leak that waiting cannot end. pg_stat_activity is re-read per transaction.
-_OPEN_BACKENDS = """
-SELECT pid, state, left(query, 120) AS query,
-       state LIKE 'idle in transaction%'
-         AND clock_timestamp() - state_change > make_interval(secs => $1) AS stale
-FROM pg_stat_activity
+_OPEN = """
+SELECT pid, state, left(query, 120) AS query FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
-  AND backend_type = 'client backend' AND coalesce(state, '') <> 'idle'
+  AND backend_type = 'client backend' AND coalesce(state, 'idle') <> 'idle'
+"""
+_SETTINGS = """
+SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE s.setrole::regrole::text END AS role, s.setconfig
+FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+WHERE d.datname = current_database() ORDER BY s.setrole
 """
 
 
@@ -46,6 +42,7 @@ WHERE datname = current_database() AND pid <> pg_backend_pid()
 class LeakedBackend:
     pid: int
     state: str
+    """``active`` (a query still running) or ``idle in transaction`` (it never committed)."""
     query: str
 
 
@@ -53,30 +50,62 @@ class LeakedBackend:
 class ResetOutcome:
     """What a reset (or the check before a test) did.
 
-    ``leaked``: connections that were still inside a transaction after the grace and were ended.
-    ``schema_changed``: the test changed the schema; the rows were NOT restored, the caller must
-    replace the database with a fresh clone. ``stats``: what the exact restore undid (None for
-    ``truncate-all``).
+    ``leaked``: connections still inside a transaction after the grace, ended. ``schema``: what
+    DDL the test ran; nothing was restored, the caller must replace the database. ``stats``:
+    what the restore undid (None when nothing changed). ``databases``: databases that appeared
+    on the server meanwhile (watched on the plugin's own server only).
     """
 
     leaked: tuple[LeakedBackend, ...] = ()
-    schema_changed: bool = False
+    schema: tuple[str, ...] = ()
     stats: RestoreStats | None = None
+    prepared: tuple[str, ...] = ()
+    databases: tuple[str, ...] = ()
+
+    @property
+    def schema_changed(self) -> bool:
+        return bool(self.schema)
+
+
+@dataclass(frozen=True)
+class Known:
+    """What a worker knows of its template: kept across reconnects and re-clones."""
+
+    layout: Layout
+    settings: tuple[str, ...]  # the statements that bring back the clone's own settings
 
 
 async def open_resetter(
     dsn: str,
     database: str,
     timeout: float,
-    snapshot: Snapshot | None,
+    known: Known | None = None,
     *,
+    fresh: bool = True,
     leak_grace: float = LEAK_GRACE,
+    watch_databases: bool = False,
 ) -> Resetter:
     """Connect to a worker database, refusing any database the plugin did not create.
 
-    Without a ``snapshot`` the database must be a pristine clone: its state is captured now.
+    ``fresh``: the database is a clone no test has touched yet; its own state (settings) is
+    recorded now as what every reset brings back.
     """
     conn = await asyncpg.connect(dsn, timeout=timeout)
+    try:
+        await _refuse_foreign(conn, database)
+        # A worker database needs no durability: the reset's COMMIT need not wait for a flush.
+        await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'; SET synchronous_commit = off")
+        if known is None:
+            known = Known(await _layout(conn, database), ())
+        if fresh:
+            known = Known(known.layout, await _record_fresh(conn, database))
+    except BaseException:
+        await conn.close()
+        raise
+    return Resetter(conn, database, known, Watch.of(known.layout), leak_grace, watch_databases)
+
+
+async def _refuse_foreign(conn: asyncpg.Connection, database: str) -> None:
     comment = await conn.fetchval(
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
         " WHERE datname = current_database()"
@@ -87,15 +116,31 @@ async def open_resetter(
         or marker.kind != "worker"
         or await conn.fetchval("SELECT current_database()") != database
     ):
-        await conn.close()
         raise ResetError(
             f"refusing to reset database {database!r}: it carries no pytest-pgtemplate worker "
             "marker, so the plugin did not create it"
         )
-    # A worker database needs no durability: the reset's COMMIT need not wait for a WAL flush
-    # (visibility to other sessions is the same either way).
-    await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'; SET synchronous_commit = off")
-    return Resetter(conn, database, snapshot or await capture(conn), leak_grace)
+
+
+async def _layout(conn: asyncpg.Connection, database: str) -> Layout:
+    text = None
+    if await conn.fetchval("SELECT to_regclass('pgtemplate.state') IS NOT NULL"):
+        text = await conn.fetchval("SELECT value FROM pgtemplate.state WHERE key = 'layout'")
+    if text is None:
+        raise ResetError(
+            f"{database} has no change tracking (schema pgtemplate): its template was not built "
+            "by this version of pytest-pgtemplate; drop old templates with `pgtemplate gc "
+            "--templates`"
+        )
+    return Layout.from_json(text)
+
+
+async def _record_fresh(conn: asyncpg.Connection, database: str) -> tuple[str, ...]:
+    await conn.execute(
+        "UPDATE pgtemplate.state SET value = CASE key WHEN 'settings' THEN pgtemplate.settings()"
+        " ELSE pg_current_xact_id()::text END WHERE key IN ('settings', 'databases_seen')"
+    )
+    return tuple(settings_statements(database, await conn.fetch(_SETTINGS)))
 
 
 @dataclass
@@ -104,57 +149,92 @@ class Resetter:
 
     conn: asyncpg.Connection
     database: str
-    snapshot: Snapshot
+    known: Known
+    watch: Watch
     leak_grace: float = LEAK_GRACE
-    _tables: list[str] | None = field(default=None, init=False)
+    watch_databases: bool = False
+    _truncate_all: str | None = field(default=None, init=False)
+
+    @property
+    def layout(self) -> Layout:
+        return self.known.layout
 
     async def reset(self, strategy: str) -> ResetOutcome:
-        """Reset after a test with ``strategy``, once stray transactions are over or ended."""
-        leaked = await self.end_leaked_backends()
-        if strategy in ("truncate", "rollback"):  # after a rollback: catches other connections
-            stats = await restore(self.conn, self.snapshot)
-            return ResetOutcome(leaked, stats.schema_changed, stats)
+        """After a test: every sequence is compared, the marks say the rest."""
         if strategy == "truncate-all":
-            await self._truncate_all()
-            return ResetOutcome(leaked)
-        raise ResetError(f"unknown reset strategy {strategy!r}")
+            return await self._truncate_everything()
+        return await self._check_and_restore(all_sequences=True)
 
     async def ensure_pristine(self) -> ResetOutcome:
         """Before a test: undo what ran since the last reset (tests that did not ask for the
-        database may have written to it). One detection query when nothing changed."""
-        leaked = await self.end_leaked_backends()
-        stats = await restore(self.conn, self.snapshot)
-        return ResetOutcome(leaked, stats.schema_changed, stats)
+        database may have written to it). Sequences of marked tables are compared."""
+        return await self._check_and_restore(all_sequences=False)
+
+    async def _check_and_restore(self, *, all_sequences: bool) -> ResetOutcome:
+        changes = await self._check(all_sequences)
+        leaked: tuple[LeakedBackend, ...] = ()
+        if changes.busy:
+            leaked = await self.end_leaked_backends()
+            changes = await self._check(all_sequences)
+        prepared = changes.prepared
+        if prepared:
+            for gid in prepared:
+                await self.conn.execute(f"ROLLBACK PREPARED {quote_literal(gid)}")
+            changes = await self._check(all_sequences)
+        if changes.busy or changes.prepared:
+            raise ResetError("another connection keeps writing to the database during its reset")
+        if changes.schema:
+            return ResetOutcome(leaked, changes.schema, prepared=prepared)
+        stats = None
+        if changes.restore_needed:
+            stats = await restore(
+                self.conn, self.layout, changes, self.watch, settings=self.known.settings
+            )
+        if changes.databases:
+            await self.conn.execute(
+                "UPDATE pgtemplate.state SET value = pg_current_xact_id()::text"
+                " WHERE key = 'databases_seen'"
+            )
+        return ResetOutcome(leaked, (), stats, prepared, changes.databases)
+
+    async def _check(self, all_sequences: bool) -> Changes:
+        return await check(
+            self.conn,
+            self.layout,
+            self.watch,
+            all_sequences=all_sequences,
+            watch_databases=self.watch_databases,
+        )
 
     async def end_leaked_backends(self, grace: float | None = None) -> tuple[LeakedBackend, ...]:
         """End connections still inside a transaction after ``grace`` seconds (default
-        ``leak_grace``); they would block the reset. Idle pooled connections are harmless.
-
-        A transaction about to finish (background work after the test returned) is given the
-        grace; one idle in transaction for longer than the grace is a leak at once. Costs one
-        query when nothing is open.
-        """
+        ``leak_grace``); they would block the reset. Idle pooled connections are harmless."""
         grace = self.leak_grace if grace is None else grace
-        rows = await self.conn.fetch(_OPEN_BACKENDS, grace)
+        rows = await self.conn.fetch(_OPEN)
         deadline, delay = time.monotonic() + grace, _POLL_FIRST
-        while any(not row["stale"] for row in rows) and time.monotonic() < deadline:
+        while rows and time.monotonic() < deadline:
             await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2, _POLL_MAX)
-            rows = await self.conn.fetch(_OPEN_BACKENDS, grace)
+            rows = await self.conn.fetch(_OPEN)
         if rows:
             pids = [row["pid"] for row in rows]
             await self.conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid", pids
+                "SELECT pg_terminate_backend(pid, 5000) FROM unnest($1::int[]) pid", pids
             )
         return tuple(
             LeakedBackend(row["pid"], row["state"] or "", row["query"] or "") for row in rows
         )
 
+    async def _truncate_everything(self) -> ResetOutcome:
+        """``truncate-all``: the classic recipe; the check before the next test brings the seed
+        rows back (the marks of every table TRUNCATEd stay for it)."""
+        leaked = await self.end_leaked_backends()
+        if self.layout.truncate_all:
+            await self.conn.execute(f"TRUNCATE {', '.join(self.layout.truncate_all)} CASCADE")
+        return ResetOutcome(leaked)
+
     async def close(self) -> None:
         await self.conn.close(timeout=5)
 
-    async def _truncate_all(self) -> None:
-        if self._tables is None:
-            self._tables = [row["qualified"] for row in await self.conn.fetch(_USER_TABLES)]
-        if self._tables:
-            await self.conn.execute(f"TRUNCATE {', '.join(self._tables)} CASCADE")
+
+__all__ = ["Backend", "Known", "LeakedBackend", "ResetOutcome", "Resetter", "open_resetter"]

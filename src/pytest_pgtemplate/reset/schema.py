@@ -1,18 +1,20 @@
-"""Schema-change detection for the exact reset: a cheap catalog probe, confirmed by a digest.
+"""Schema-change detection without event triggers: a cheap catalog probe, confirmed by a digest.
 
-A test's DDL leaves catalog rows behind: ``CREATE`` inserts rows, ``ALTER``/``RENAME`` writes new
-row versions (a younger ``xmin``), ``DROP`` deletes rows (a lower count). The probe, one more
-branch of the detection query (no extra round trip), looks for exactly that in the catalogs that
-define a schema: rows younger than ``CatalogState.reference_xid``, or a count that differs from
-``CatalogState.counts``. Rows of temporary objects (``pg_temp_N``/``pg_toast_temp_N``) are left
-out where that is cheap: a test's TEMP table is not a schema change.
+Only a superuser may create event triggers; for any other role this stands in for them. A test's
+DDL leaves catalog rows behind: ``CREATE`` inserts rows, ``ALTER``/``RENAME``/``COMMENT`` write
+new row versions (a younger ``xmin``), ``DROP`` deletes rows (a lower count). The probe looks for
+exactly that in the catalogs that define a schema: rows younger than
+``CatalogState.reference_xid``, or a count that differs from ``CatalogState.counts``. Rows of
+temporary objects (``pg_temp_N``/``pg_toast_temp_N``) are left out where that is cheap: a test's
+TEMP table is not a schema change. It reads every catalog row of the schema, so it costs what
+the schema's size does: the price of running without superuser.
 
 The probe also fires on harmless writes: a test's ``TRUNCATE``, ``VACUUM FULL`` or ``REINDEX``
-(new ``relfilenode``), a transaction that did DDL and rolled back a sequence of it. So when it
-fires, :func:`confirm` compares a digest of the schema-defining columns (no ``relfilenode``, no
-statistics) with the one recorded at capture; on a false alarm it moves the reference forward,
+(new ``relfilenode``), a transaction that did DDL and rolled back. So when it fires,
+:func:`confirm` compares a digest of the schema-defining columns (no ``relfilenode``, no
+statistics) with the one recorded at install; on a false alarm it moves the reference forward,
 so the same rows are not checked again. ``pg_attribute`` is the biggest catalog: only the user
-columns of the captured relations are probed (new relations show in ``pg_class``).
+columns of the recorded relations are probed (new relations show in ``pg_class``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ _COUNTED = (
     ("pg_constraint", "true", f"connamespace <> ALL({_TEMP})", True),
     # DROP TRIGGER only deletes; a temp table's trigger is a false alarm, then counted in.
     ("pg_trigger", "NOT tgisinternal", "true", False),
+    ("pg_description", "objoid >= 16384", "true", True),  # COMMENT ON
+    ("pg_default_acl", "true", "true", True),  # ALTER DEFAULT PRIVILEGES
+    ("pg_statistic_ext", "true", "true", True),  # CREATE STATISTICS
+    ("pg_ts_config", "oid >= 16384", "true", True),  # CREATE TEXT SEARCH CONFIGURATION
 )
 # Catalogs probed for younger rows only (their deletions change a counted catalog too): the
 # relation a row belongs to is looked up for young rows only, to leave temp tables out.
@@ -98,7 +104,10 @@ def probe_sql(columns_of: Sequence[int]) -> str:
         f"FROM pg_class WHERE oid = x.{rel}) IS DISTINCT FROM 't')"
         for cat, rel in _YOUNG
     ]
-    young.append(f"EXISTS (SELECT FROM pg_enum WHERE age(xmin) < {_CAT})")
+    young += [
+        f"EXISTS (SELECT FROM {cat} WHERE age(xmin) < {_CAT})"
+        for cat in ("pg_enum", "pg_ts_config_map")
+    ]
     return (
         f"SELECT -1 AS i, 0::bigint AS size FROM {', '.join(scans)}\n"
         f"WHERE ARRAY[{counts}] <> $3::bigint[] OR {' OR '.join(young)}"
@@ -130,7 +139,7 @@ _DIGESTED = rf"""
 SELECT 'n' || row(oid, nspname, nspowner, nspacl)::text FROM pg_namespace WHERE NOT ({_IS_TEMP_NS})
 UNION ALL SELECT 'c' || row(oid, relname, relnamespace, reltype, reloftype, relowner, relam,
     reltoastrelid, relkind, relnatts, relchecks, relrowsecurity, relforcerowsecurity,
-    relreplident, relispartition, relacl, reloptions, relpartbound::text)::text
+    relreplident, relispartition, relacl, reloptions, relpartbound::text, relpersistence)::text
   FROM pg_class WHERE oid >= 16384 AND relpersistence <> 't'
 UNION ALL SELECT 'a' || row(a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attndims,
     a.attnotnull, a.atthasdef, a.attidentity, a.attgenerated, a.attisdropped, a.attislocal,
@@ -146,8 +155,18 @@ UNION ALL SELECT 'e' || row(oid, enumtypid, enumsortorder, enumlabel)::text FROM
 UNION ALL SELECT 'p' || row(oid, proname, pronamespace, proowner, prolang, prokind, prosecdef,
     proleakproof, proisstrict, proretset, provolatile, proparallel, prorettype,
     proargtypes::text, proallargtypes, proargmodes, proargnames, md5(prosrc), probin,
-    proconfig, proacl)::text
+    proconfig, proacl, md5(prosqlbody::text))::text
   FROM pg_proc WHERE oid >= 16384 AND pronamespace <> ALL({_TEMP})
+UNION ALL SELECT 'D' || row(objoid, classoid, objsubid, md5(description))::text
+  FROM pg_description WHERE objoid >= 16384
+UNION ALL SELECT 'A' || row(oid, defaclrole, defaclnamespace, defaclobjtype, defaclacl)::text
+  FROM pg_default_acl
+UNION ALL SELECT 'X' || row(oid, stxrelid, stxname, stxnamespace, stxowner, stxkeys, stxkind,
+    stxexprs::text)::text FROM pg_statistic_ext
+UNION ALL SELECT 'T' || row(oid, cfgname, cfgnamespace, cfgowner, cfgparser)::text
+  FROM pg_ts_config WHERE oid >= 16384
+UNION ALL SELECT 'M' || row(mapcfg, maptokentype, mapseqno, mapdict)::text
+  FROM pg_ts_config_map WHERE mapcfg >= 16384
 UNION ALL SELECT 'k' || row(oid, conname, connamespace, contype, condeferrable, condeferred,
     convalidated, conrelid, contypid, conindid, confrelid, confupdtype, confdeltype,
     confmatchtype, conkey, confkey, conbin::text)::text
@@ -180,3 +199,12 @@ SELECT (SELECT md5(string_agg(line, E'\n' ORDER BY line)) FROM ({_DIGESTED}) AS 
        ARRAY[{_count_columns()}]::bigint[] AS counts,
        pg_snapshot_xmax(pg_current_snapshot())::text::bigint - 1 AS xid
 """
+
+
+def probe_query(columns_of: Sequence[int]) -> str:
+    """True when the catalogs may have changed since ``$1`` (the reference xid, as text) given
+    the counts ``$2``; then :func:`confirm` tells a real change from a harmless write."""
+    body = probe_sql(columns_of).replace("$3::bigint[]", "$2::bigint[]")
+    return (
+        f"WITH ref AS (SELECT age($1::text::xid8::xid) AS cat), {TEMP_CTE}\nSELECT EXISTS ({body})"
+    )

@@ -1,0 +1,125 @@
+"""Asking a worker database what changed since its last reset: one call, marks read back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import asyncpg
+
+from .layout import Layout
+from .schema import CatalogState, confirm, probe_query
+
+_CHECK = "SELECT kind, rel, detail FROM pgtemplate.check($1, $2)"
+
+
+@dataclass
+class Watch:
+    """What a worker's checks compare against that moves on: without event triggers, the
+    catalog reference (harmless catalog writes move it) and the materialized views' files."""
+
+    catalog: CatalogState | None = None
+    matview_files: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, layout: Layout) -> Watch:
+        if layout.probe is None:
+            return cls()
+        probe = layout.probe
+        catalog = CatalogState(probe.digest, list(probe.counts), probe.reference_xid)
+        return cls(catalog, dict(probe.matviews))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Another connection inside a transaction on the worker database."""
+
+    pid: int
+    state: str
+    query: str
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What :func:`check` found; ``schema`` non-empty means: re-clone, restore nothing."""
+
+    busy: tuple[Backend, ...] = ()
+    prepared: tuple[str, ...] = ()
+    schema: tuple[str, ...] = ()
+    tables: tuple[tuple[int, int], ...] = ()  # (marked table, bytes of the tables it covers)
+    sequences: tuple[int, ...] = ()
+    refreshed: tuple[int, ...] = ()
+    large_objects: bool = False
+    settings: bool = False
+    databases: tuple[str, ...] = ()
+
+    @property
+    def restore_needed(self) -> bool:
+        return bool(
+            self.tables or self.sequences or self.refreshed or self.large_objects or self.settings
+        )
+
+
+async def check(
+    conn: asyncpg.Connection,
+    layout: Layout,
+    watch: Watch,
+    *,
+    all_sequences: bool,
+    watch_databases: bool = False,
+) -> Changes:
+    """The marks, and (without event triggers) the catalog probe first: DDL decides alone."""
+    catalog = watch.catalog
+    if catalog is not None and layout.probe is not None:
+        query = probe_query(layout.probe.watched)
+        fired = await conn.fetchval(query, str(catalog.reference_xid), catalog.counts)
+        if fired and await confirm(conn, catalog):
+            return Changes(schema=("a change to the catalogs (CREATE, ALTER, DROP, COMMENT...)",))
+    rows = await conn.fetch(_CHECK, all_sequences, watch_databases)
+    changes = _parse(rows, layout)
+    if catalog is not None and not changes.schema and watch.matview_files:
+        return await _refreshed_without_event_triggers(conn, layout, watch, changes)
+    return changes
+
+
+def _parse(rows: list[asyncpg.Record], layout: Layout) -> Changes:
+    by_kind: dict[str, list[asyncpg.Record]] = {}
+    for row in rows:
+        by_kind.setdefault(row["kind"], []).append(row)
+    known = {t.oid for t in layout.tables}
+    tables = tuple((r["rel"], int(r["detail"] or 0)) for r in by_kind.get("table", []))
+    unknown = tuple(
+        f"a write to table oid {oid}, created since" for oid, _ in tables if oid not in known
+    )
+    return Changes(
+        busy=tuple(Backend(r["rel"], *_state(r["detail"])) for r in by_kind.get("busy", [])),
+        prepared=tuple(r["detail"] for r in by_kind.get("prepared", [])),
+        schema=tuple(r["detail"] for r in by_kind.get("schema", [])) + unknown,
+        tables=tables,
+        sequences=tuple(sorted({r["rel"] for r in by_kind.get("sequence", [])})),
+        refreshed=tuple(sorted({r["rel"] for r in by_kind.get("refresh", [])})),
+        large_objects="large_objects" in by_kind,
+        settings="settings" in by_kind,
+        databases=tuple(r["detail"] for r in by_kind.get("database", [])),
+    )
+
+
+def _state(detail: str) -> tuple[str, str]:
+    state, _, query = (detail or "").partition(": ")
+    return state, query
+
+
+async def _refreshed_without_event_triggers(
+    conn: asyncpg.Connection, layout: Layout, watch: Watch, changes: Changes
+) -> Changes:
+    """A plain REFRESH gives the view a new file; REFRESH CONCURRENTLY writes young rows."""
+    files = watch.matview_files
+    ref = "(SELECT value::xid8::xid FROM pgtemplate.state WHERE key = 'ref')"
+    probes = [
+        f"SELECT {m.oid}::oid WHERE (SELECT relfilenode FROM pg_class WHERE oid = {m.oid})"
+        f" <> {files.get(m.oid, 0)} OR EXISTS (SELECT FROM {m.name} WHERE age(xmin) < age({ref}))"
+        for m in layout.matviews
+    ]
+    found = tuple(row[0] for row in await conn.fetch("\nUNION ALL ".join(probes)))
+    if not found:
+        return changes
+    return replace(changes, refreshed=tuple(sorted({*changes.refreshed, *found})))

@@ -30,7 +30,7 @@ SEEDS_SURVIVE = """
 """
 
 
-@pytest.mark.parametrize("strategy", ["truncate", "rollback", "recreate"])
+@pytest.mark.parametrize("strategy", ["restore", "rollback", "recreate"])
 def test_exact_strategies_restore_seed_rows_and_sequences(
     project: InnerProject, strategy: str
 ) -> None:
@@ -38,7 +38,7 @@ def test_exact_strategies_restore_seed_rows_and_sequences(
     project.run("-p", "no:xdist", "--pgtemplate-reset", strategy).assert_outcomes(passed=3)
 
 
-def test_truncate_is_the_default_and_the_marker_overrides_it(project: InnerProject) -> None:
+def test_restore_is_the_default_and_the_marker_overrides_it(project: InnerProject) -> None:
     project.write_tests(
         """
         import pytest
@@ -63,7 +63,7 @@ def test_truncate_is_the_default_and_the_marker_overrides_it(project: InnerProje
     )
     result = project.run("-p", "no:xdist")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["pgtemplate: * reset truncate (default), project *"])
+    result.stdout.fnmatch_lines(["pgtemplate: * reset restore (default), project *"])
 
 
 def test_rollback_also_undoes_other_connections(project: InnerProject) -> None:
@@ -208,3 +208,19 @@ def test_reset_refuses_when_the_connection_is_to_another_database(server_url: st
 
     with pytest.raises(ResetError, match="refusing to reset"):
         asyncio.run(attempt())
+
+
+def test_truncate_is_a_deprecated_name_of_restore(project: InnerProject) -> None:
+    project.write_tests(
+        """
+        import pytest
+
+        @pytest.mark.pgtemplate(reset="truncate")
+        def test_marker(pg_database):
+            pass
+        """
+    )
+    result = project.run("-p", "no:xdist", "--pgtemplate-reset", "truncate")
+    result.assert_outcomes(passed=1, warnings=2)
+    result.stdout.fnmatch_lines(["pgtemplate: * reset restore (cli), project *"])
+    result.stdout.fnmatch_lines(["*reset strategy 'truncate' is now called 'restore'*"])

@@ -34,7 +34,7 @@ async def test_mixed_sync_and_async_see_one_database(pg_session, pg_sync_session
 """
 
 
-@pytest.mark.parametrize("reset", ["truncate", "rollback"])
+@pytest.mark.parametrize("reset", ["restore", "rollback"])
 def test_sync_fixtures_are_reset_exactly(project: InnerProject, reset: str) -> None:
     project.add_ini(pgtemplate_reset=reset)
     project.write_tests(SYNC_SUITE)

@@ -114,9 +114,9 @@ PER_WORKER_DELETE = Setup(
     f"{SETUP_MODULES}.per_worker_delete",
 )
 FLOOR = Setup("floor", "floor: pre-migrated, no reset", f"{SETUP_MODULES}.floor")
-PLUGIN_DEFAULT = _plugin("truncate")
-PLUGIN_FNLOOP = _plugin("truncate", fnloop=True)
-PLUGIN_EMBEDDED = _plugin("truncate", embedded=True)
+PLUGIN_DEFAULT = _plugin("restore")
+PLUGIN_FNLOOP = _plugin("restore", fnloop=True)
+PLUGIN_EMBEDDED = _plugin("restore", embedded=True)
 
 
 def _default_matrix(workload: Workload, rounds: int) -> list[Case]:

@@ -1,22 +1,37 @@
-"""SQLAlchemy engines and sessions for tests, bound to the event loop the test runs in.
+"""SQLAlchemy engines for tests: one per database URL and event loop, with clean connections.
 
-asyncpg connections belong to the loop that opened them. An engine is therefore created per
-pytest-asyncio loop (function, module, session...) and disposed on that same loop when the loop's
-scope ends, so a session-scoped loop reuses pooled connections across tests and a function-scoped
-loop never meets a connection from a dead loop.
+asyncpg connections belong to the loop that opened them, so an async engine lives as long as
+its pytest-asyncio loop (``EnginePool``), keyed by the URL it was asked for: a conftest
+``pg_database`` that returns another database gets engines on that database. A pooled
+connection keeps session state between tests (a temp table, a ``SET``, values a ``CACHE 20``
+sequence handed it, a ``LISTEN``, an advisory lock); the first checkout in a new test resets
+it, in one round trip and without ``DEALLOCATE ALL``, which would break the drivers' statement
+caches.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import util as sa_util
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 T = TypeVar("T")
+
+CLEAN_SESSION = (
+    "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); SET SESSION AUTHORIZATION DEFAULT;"
+    " RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; DO $$ DECLARE n text; BEGIN"
+    " FOR n IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP"
+    " EXECUTE format('DEALLOCATE %I', n); END LOOP; END $$"
+)
+"""``DISCARD ALL`` but for the protocol-level prepared statements drivers cache."""
+_EPOCH = "pgtemplate_epoch"
+_await: Callable[[Any], Any] = getattr(sa_util, "await_", None) or sa_util.await_only
 
 
 class LoopRunner(Protocol):
@@ -27,36 +42,119 @@ class LoopRunner(Protocol):
     def get_loop(self) -> asyncio.AbstractEventLoop: ...
 
 
-@dataclass
-class BoundEngine:
-    """An engine plus the runner of the loop its connections live on (None: unbound, NullPool)."""
+class Database(Protocol):
+    """What an engine needs of the database it was asked for (``pg_database``'s object)."""
 
-    engine: AsyncEngine
-    runner: LoopRunner | None
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def sync_url(self) -> str: ...
+
+
+def generation(database: object) -> int:
+    """Grows when the database is replaced (a re-clone): pooled connections point at nothing."""
+    return int(getattr(database, "generation", 0))
+
+
+def epoch(database: object) -> int:
+    """Grows at every test's start: a connection checked out again is cleaned first."""
+    return int(getattr(database, "epoch", 0))
+
+
+@dataclass
+class _Entry:
+    engine: Any  # AsyncEngine or Engine
+    database: object
     generation: int
 
+
+@dataclass
+class EnginePool:
+    """The async engines of one event loop (``runner``; None: the test has no loop, and every
+    connection is closed on return), or the sync engines of the run (``sync``)."""
+
+    runner: LoopRunner | None = None
+    sync: bool = False
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+
+    def engine(self, database: Database) -> Any:
+        url = database.sync_url if self.sync else database.url
+        entry = self._entries.get(url)
+        if entry is None:
+            entry = self._entries[url] = _Entry(self._create(url), database, generation(database))
+            _clean_on_reuse(entry)
+        elif entry.generation != generation(database):
+            _sync_side(entry.engine).dispose(close=False)
+            entry.generation = generation(database)
+        entry.database = database
+        return entry.engine
+
+    def async_engine(self, database: Database) -> AsyncEngine:
+        engine: AsyncEngine = self.engine(database)
+        return engine
+
+    def sync_engine(self, database: Database) -> Engine:
+        engine: Engine = self.engine(database)
+        return engine
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T | None:
-        """Run ``coro`` on the engine's loop when that loop is idle; otherwise drop it."""
+        """Run ``coro`` on the pool's loop when that loop is idle; otherwise drop it."""
         if self.runner is not None and not self.runner.get_loop().is_closed():
             return self.runner.run(coro)
         coro.close()
         return None
 
-    def refresh(self, generation: int) -> None:
-        """After the database was re-created, pooled connections point at a dropped database."""
-        if generation != self.generation:
-            self.engine.sync_engine.dispose(close=False)
-            self.generation = generation
+    def close_connections(self) -> None:
+        """At the end of the loop: its connections go, the engines stay usable."""
+        for entry in self._entries.values():
+            if self.sync:
+                entry.engine.dispose()
+            elif self.run(entry.engine.dispose()) is None:
+                _sync_side(entry.engine).dispose(close=False)
 
-    def dispose(self) -> None:
-        if self.run(self.engine.dispose()) is None:
-            self.engine.sync_engine.dispose(close=False)
+    def on_loop(self, runner: LoopRunner) -> EnginePool:
+        """The same engines on another loop (function-scoped loops never overlap)."""
+        return EnginePool(runner, self.sync, self._entries)
+
+    def _create(self, url: str) -> Any:
+        if self.sync:
+            return create_engine(url, pool_size=2, max_overflow=8)
+        if self.runner is None:
+            return create_async_engine(url, poolclass=NullPool)
+        return create_async_engine(url, pool_size=2, max_overflow=8)
 
 
-def pooled_engine(url: str, runner: LoopRunner | None, generation: int) -> BoundEngine:
-    return BoundEngine(create_async_engine(url, pool_size=2, max_overflow=8), runner, generation)
+def _sync_side(engine: Any) -> Engine:
+    return engine if isinstance(engine, Engine) else engine.sync_engine
 
 
-def unbound_engine(url: str, generation: int) -> BoundEngine:
-    """Loop-agnostic: every connection is closed when it is returned, nothing outlives a loop."""
-    return BoundEngine(create_async_engine(url, poolclass=NullPool), None, generation)
+def _clean_on_reuse(entry: _Entry) -> None:
+    pool = _sync_side(entry.engine).pool
+
+    def connected(dbapi_connection: Any, record: Any) -> None:
+        record.info[_EPOCH] = epoch(entry.database)
+
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        now = epoch(entry.database)
+        if record.info.get(_EPOCH) != now:
+            clean(dbapi_connection)
+            record.info[_EPOCH] = now
+
+    event.listen(pool, "connect", connected)
+    event.listen(pool, "checkout", checked_out)
+
+
+def clean(dbapi_connection: Any) -> None:
+    """Reset one driver connection's session state (asyncpg through SQLAlchemy's adapter, or
+    psycopg); it is outside a transaction when the pool hands it out."""
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    if hasattr(driver, "get_server_pid"):  # asyncpg
+        _await(driver.execute(CLEAN_SESSION))
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(CLEAN_SESSION)
+    finally:
+        cursor.close()
+    dbapi_connection.commit()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from . import fixtures, sync_fixtures
+from . import fixtures, loops
 from .errors import ConfigurationError, PgTemplateError, PgTemplateWarning
 from .identity import (
     RunIdentity,
@@ -84,12 +84,15 @@ def pytest_configure(config: pytest.Config) -> None:
         provisioner.identity = told
         provisioner.report.worker = told.worker_id
         _export_env(provisioner)
+    if not workerinput:  # once per run, not once per worker
+        for note in provisioner.settings.deprecations:
+            config.issue_config_time_warning(PgTemplateWarning(note), stacklevel=2)
     uid = config.stash.get(TESTRUN_UID, None)
     if uid is not None:
         config.option.testrunuid = uid  # xdist gives it to every worker: testrun_uid ~ run id
     config.stash[WORKER_REPORTS] = []
     config.pluginmanager.register(fixtures, "pgtemplate-fixtures")
-    config.pluginmanager.register(sync_fixtures, "pgtemplate-sync-fixtures")
+    config.pluginmanager.register(loops, "pgtemplate-loops")
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(provisioner), "pgtemplate-xdist")
 

@@ -15,8 +15,21 @@ from pathlib import Path
 
 from .errors import ConfigurationError
 
-RESET_STRATEGIES = ("truncate", "truncate-all", "rollback", "recreate")
-DEFAULT_RESET = "truncate"
+RESET_STRATEGIES = ("restore", "truncate-all", "rollback", "recreate")
+DEFAULT_RESET = "restore"
+DEPRECATED_STRATEGIES = {"truncate": "restore"}
+"""Old names still accepted, with a warning, for one release (``truncate`` mostly DELETEd)."""
+
+
+def strategy_name(given: str) -> tuple[str, str | None]:
+    """The strategy, and a deprecation note when ``given`` is an old name for it."""
+    new = DEPRECATED_STRATEGIES.get(given)
+    if new is None:
+        return given, None
+    return new, (
+        f"reset strategy {given!r} is now called {new!r} (it restores the template's state, "
+        f"mostly with DELETE); {given!r} will stop working in the next release"
+    )
 
 
 @dataclass(frozen=True)
@@ -169,6 +182,7 @@ class Settings:
     durable: bool
     leak_grace: float
     sources: Mapping[str, Resolved]
+    deprecations: tuple[str, ...] = ()
 
 
 RawLookup = Callable[[Option], tuple[str | bool | None, str | None]]
@@ -179,6 +193,8 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
     """Apply precedence and validate every value; raise ConfigurationError naming the fix."""
     sources = {option.name: _resolve_one(option, lookup, environ) for option in OPTIONS}
     value = {name: resolved.value for name, resolved in sources.items()}
+    reset, deprecation = strategy_name(value["reset"])
+    value["reset"] = reset
     for option in OPTIONS:
         if option.choices and value[option.name] not in option.choices:
             raise ConfigurationError(_choice_error(option, value[option.name]))
@@ -190,6 +206,7 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
         migrate=value["migrate"] or None,
         metadata=_metadata(value["metadata"], value["migrate"]),
         reset=value["reset"],
+        deprecations=(deprecation,) if deprecation else (),
         export_env=_env_names(value["export_env"]),
         lock_timeout=_seconds(OPTIONS_BY_NAME["lock_timeout"], value["lock_timeout"]),
         connect_timeout=_seconds(OPTIONS_BY_NAME["connect_timeout"], value["connect_timeout"]),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from .engines import BoundEngine
 from .provision import Provisioner
 from .report import Report
 from .worker import WorkerDatabase
@@ -23,5 +22,3 @@ CRASHED = pytest.StashKey[bool]()
 """config (xdist controller): a worker crashed, so the controller sweeps at the end."""
 USED_DATABASE = pytest.StashKey[WorkerDatabase]()
 """item: the test used the worker database (for ``--pgtemplate-keep-failed``)."""
-CURRENT_ENGINE = pytest.StashKey[BoundEngine]()
-"""item: the engine ``pg_engine`` handed the test, which ``pg_session`` binds to."""

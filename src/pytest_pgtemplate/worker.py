@@ -74,6 +74,11 @@ class WorkerDatabase:
     def generation(self) -> int:
         return self._slot.generation if self._slot else 0
 
+    @property
+    def epoch(self) -> int:
+        """Grows as each test starts: a pooled connection checked out again is cleaned first."""
+        return self._slot.epoch if self._slot else 0
+
     def engine_options(self) -> dict[str, object]:
         """Keyword arguments for an engine a project builds itself on ``url`` or ``sync_url``.
 
@@ -150,6 +155,7 @@ class _Slot:
     """The database is a clone no test has touched: its resetter records its settings."""
     dirty: bool = False
     generation: int = 0
+    epoch: int = 0
     _spare: concurrent.futures.Future[None] | None = field(default=None, repr=False)
     _kept: int = 0
 
@@ -160,6 +166,7 @@ class _Slot:
             self._open_resetter()
 
     def ensure_clean(self) -> ResetOutcome:
+        self.epoch += 1
         self.loop.run(self.lease.ensure(verify=True))
         if self.dirty:
             return ResetOutcome(self.recreate())

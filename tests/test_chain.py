@@ -1,0 +1,205 @@
+"""The fixture chain as a user's conftest meets it: every link overridable, everything downstream
+following the override; and the connections the plugin hands out start every test clean."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import InnerProject
+
+SESSION_LOOP = {
+    "asyncio_default_fixture_loop_scope": "session",
+    "asyncio_default_test_loop_scope": "session",  # pooled connections reused across tests
+}
+EXTRA_MIGRATION = '''
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.execute("CREATE SEQUENCE cached_seq CACHE 20")
+    op.execute("CREATE TABLE parent (id int PRIMARY KEY)")
+    op.execute(
+        "CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL"
+        " REFERENCES parent DEFERRABLE INITIALLY DEFERRED)"
+    )
+'''
+
+# Test 1 leaves every kind of session state on its pooled connection; test 2 gets that same
+# connection back (one worker, a session loop, a pool) and must find none of it.
+SESSION_STATE = """
+import pytest
+from sqlalchemy import text
+
+LEAVE = [
+    "CREATE TEMP TABLE scratch (id int)",
+    "SET search_path = pg_catalog",
+    "SET app.tenant = 'acme'",
+    "LISTEN somewhere",
+    "SELECT pg_advisory_lock(4242)",
+    "PREPARE mine AS SELECT 1",
+]
+
+
+def pid_and_first_value(run):
+    return run("SELECT pg_backend_pid()"), run("SELECT nextval('public.cached_seq')")
+
+
+async def test_1_leaves_state_behind(pg_engine):
+    async with pg_engine.connect() as conn:
+        for statement in LEAVE:
+            await conn.execute(text(statement))
+        await conn.commit()
+        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+        assert await conn.scalar(text("SELECT nextval('public.cached_seq')")) == 1
+    pytest.state = pid
+
+
+async def test_2_gets_the_connection_back_clean(pg_engine):
+    async with pg_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT pg_backend_pid()")) == pytest.state, "reused"
+        assert await conn.scalar(text("SELECT to_regclass('pg_temp.scratch')")) is None
+        assert await conn.scalar(text("SHOW search_path")) == '"$user", public'
+        assert await conn.scalar(text("SELECT current_setting('app.tenant', true)")) in (None, "")
+        assert await conn.scalar(text("SELECT count(*) FROM pg_listening_channels()")) == 0
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        assert await conn.scalar(text(held)) == 0
+        await conn.execute(text("PREPARE mine AS SELECT 2"))
+        assert await conn.scalar(text("SELECT nextval('cached_seq')")) == 1, "no cached values"
+
+
+def test_3_sync_leaves_state_behind(pg_sync_engine):
+    with pg_sync_engine.connect() as conn:
+        conn.execute(text("CREATE TEMP TABLE scratch (id int)"))
+        conn.execute(text("SET app.tenant = 'acme'"))
+        assert conn.scalar(text("SELECT nextval('cached_seq')")) == 1
+        conn.commit()
+        pytest.state = conn.scalar(text("SELECT pg_backend_pid()"))
+
+
+def test_4_sync_gets_it_back_clean(pg_sync_engine):
+    with pg_sync_engine.connect() as conn:
+        assert conn.scalar(text("SELECT pg_backend_pid()")) == pytest.state, "reused"
+        assert conn.scalar(text("SELECT to_regclass('pg_temp.scratch')")) is None
+        assert conn.scalar(text("SELECT current_setting('app.tenant', true)")) in (None, "")
+        assert conn.scalar(text("SELECT nextval('cached_seq')")) == 1
+"""
+
+
+@pytest.mark.parametrize("reset", ["restore", "rollback"])
+def test_connections_start_every_test_clean(project: InnerProject, reset: str) -> None:
+    (project.path / "migrations/versions/0005_extra.py").write_text(EXTRA_MIGRATION)
+    project.add_ini(pgtemplate_reset=reset, **SESSION_LOOP)
+    project.write_tests(SESSION_STATE)
+    project.run("-p", "no:xdist").assert_outcomes(passed=4)
+
+
+DANGLING = """
+import pytest
+from sqlalchemy import exc, text
+
+
+async def test_a_commit_that_leaves_a_deferred_fk_dangling_fails(pg_session):
+    await pg_session.execute(text("INSERT INTO child VALUES (1, 99)"))
+    with pytest.raises(exc.IntegrityError, match="child_parent_id_fkey"):
+        await pg_session.commit()
+
+
+async def test_a_commit_that_satisfies_it_at_the_end_passes(pg_session):
+    await pg_session.execute(text("INSERT INTO child VALUES (1, 7)"))
+    await pg_session.execute(text("INSERT INTO parent VALUES (7)"))
+    await pg_session.commit()
+    # and the constraint is deferred again, as in a new transaction
+    await pg_session.execute(text("INSERT INTO child VALUES (2, 8)"))
+    await pg_session.execute(text("INSERT INTO parent VALUES (8)"))
+    await pg_session.commit()
+
+
+def test_the_same_in_sync_code(pg_sync_session):
+    pg_sync_session.execute(text("INSERT INTO child VALUES (1, 99)"))
+    with pytest.raises(exc.IntegrityError):
+        pg_sync_session.commit()
+"""
+
+
+def test_rollback_checks_deferred_constraints_at_each_commit(project: InnerProject) -> None:
+    (project.path / "migrations/versions/0005_extra.py").write_text(EXTRA_MIGRATION)
+    project.add_ini(pgtemplate_reset="rollback")
+    project.write_tests(DANGLING)
+    project.run("-n", "2").assert_outcomes(passed=3)
+
+
+OTHER_DATABASE = """
+import pytest
+
+
+@pytest.fixture
+def pg_database(pg_empty_database):
+    return pg_empty_database
+
+
+async def test_async_fixtures_follow(pg_engine, pg_session, pg_empty_database):
+    from sqlalchemy import text
+
+    async with pg_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT current_database()")) == pg_empty_database.name
+    assert await pg_session.scalar(text("SELECT current_database()")) == pg_empty_database.name
+
+
+def test_sync_fixtures_follow(pg_sync_engine, pg_sync_session, pg_empty_database):
+    from sqlalchemy import text
+
+    with pg_sync_engine.connect() as conn:
+        assert conn.scalar(text("SELECT current_database()")) == pg_empty_database.name
+    assert pg_sync_session.scalar(text("SELECT current_database()")) == pg_empty_database.name
+"""
+
+
+def test_a_conftest_pg_database_redirects_engines_and_sessions(project: InnerProject) -> None:
+    project.write_tests(OTHER_DATABASE)
+    project.run("-n", "2").assert_outcomes(passed=2)
+
+
+OWN_ENGINES = """
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+
+@pytest.fixture
+def pg_engine(pg_database):
+    return create_async_engine(pg_database.url, poolclass=NullPool, echo_pool=True)
+
+
+@pytest.fixture
+def pg_sync_engine(pg_database):
+    engine = create_engine(pg_database.sync_url, poolclass=NullPool, echo_pool=True)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("n", range(2))
+async def test_the_session_is_on_the_suites_engine(pg_engine, pg_session, n):
+    assert pg_session.bind is pg_engine
+    await pg_session.execute(text("INSERT INTO customer (email) VALUES ('a@b')"))
+    await pg_session.commit()
+    assert await pg_session.scalar(text("SELECT count(*) FROM customer")) == 1
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_the_sync_session_too(pg_sync_engine, pg_sync_session, n):
+    assert pg_sync_session.bind is pg_sync_engine
+    pg_sync_session.execute(text("INSERT INTO customer (email) VALUES ('a@b')"))
+    pg_sync_session.commit()
+    assert pg_sync_session.scalar(text("SELECT count(*) FROM customer")) == 1
+"""
+
+
+def test_a_conftest_engine_is_the_one_sessions_use(project: InnerProject) -> None:
+    project.write_tests(OWN_ENGINES)
+    project.run("-n", "2").assert_outcomes(passed=4)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from sqlalchemy.engine import make_url
 
 from pytest_pgtemplate.naming import Marker
 from pytest_pgtemplate.server.embedded import EmbeddedServer, cache_root, stop
@@ -132,7 +133,14 @@ def with_database(url: str, database: str) -> str:
     return url.rsplit("/", 1)[0] + "/" + database
 
 
-def with_user(url: str, user: str) -> str:
-    """``url`` with another role; the test servers use trust auth, so no password."""
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://{user}@{rest.split('@', 1)[-1]}"
+def with_user(url: str, user: str, password: str | None) -> str:
+    """``url`` with another role and its password: the plugin's own server (the suite's, by
+    default) lets no one in without one (``None`` or empty: no password, as a trust server)."""
+    parsed = make_url(url).set(username=user, password=password or None)
+    return parsed.render_as_string(hide_password=False)
+
+
+def new_role_password() -> str:
+    """For a role a test creates (``CREATE ROLE ... PASSWORD``): random, as the server is
+    reachable over TCP by every local OS user."""
+    return secrets.token_urlsafe(16)

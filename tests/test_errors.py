@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg
 
-from _harness import with_database, with_user
+from _harness import new_role_password, with_database, with_user
 from conftest import InnerProject
 from pytest_pgtemplate.lease import build_lock_key
 from pytest_pgtemplate.migrators import AlembicMigrator
@@ -148,10 +148,10 @@ def test_lock_timeout_when_another_run_holds_the_build_lock(project: InnerProjec
 
 
 def test_role_without_createdb(project: InnerProject) -> None:
-    role = f"pgtemplate_test_{uuid.uuid4().hex[:8]}"
-    project.admin.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB")
+    role, password = f"pgtemplate_test_{uuid.uuid4().hex[:8]}", new_role_password()
+    project.admin.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB PASSWORD '{password}'")
     try:
-        project.write_ini(pgtemplate_url=with_user(project.server_url, role))
+        project.write_ini(pgtemplate_url=with_user(project.server_url, role, password))
         project.write_tests(USES_DATABASE)
         result = project.run()
     finally:
@@ -188,7 +188,7 @@ def test_leaked_transaction_does_not_hang_the_reset(project: InnerProject) -> No
     result.stdout.fnmatch_lines(
         [
             "*PgTemplateWarning: test_inner.py::test_leaves_a_transaction_open left 1 "
-            "connection(s) open inside a transaction*"
+            "connection(s) inside a transaction*idle in transaction*"
         ]
     )
 

@@ -16,15 +16,23 @@ import asyncpg
 import psycopg
 import pytest
 
+from _harness import new_role_password, with_user
 from conftest import InnerProject
 from pytest_pgtemplate.lease import LIVENESS_CLASS, build_lock_key, lock_key
 from pytest_pgtemplate.naming import Marker
 from pytest_pgtemplate.sweep import drop_entries, inventory, sweepable
 
+ROLE_PASSWORD = new_role_password()
+"""Every ``scratch_role``'s: the plugin's own server asks every role for its password."""
 
-def conninfo_url(admin: psycopg.Connection, user: str = "postgres") -> str:
+
+def conninfo_url(admin: psycopg.Connection, user: str | None = None) -> str:
+    """``admin``'s server and database, as ``admin``'s role or as a ``scratch_role``."""
     info = admin.info
-    return f"postgresql://{user}@{info.host}:{info.port}/{info.dbname}"
+    server = f"postgresql://{info.host}:{info.port}/{info.dbname}"
+    if user is None:
+        return with_user(server, info.user, info.password)
+    return with_user(server, user, ROLE_PASSWORD)
 
 
 def database_exists(admin: psycopg.Connection, name: str) -> bool:
@@ -64,7 +72,7 @@ def databases_of_project(admin: psycopg.Connection, project: str) -> set[str]:
 def scratch_role(admin: psycopg.Connection) -> Iterator[str]:
     """A CREATEDB role that is not superuser; dropped with every database it owns."""
     role = f"pgtemplate_test_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"CREATE ROLE {role} LOGIN CREATEDB")
+    admin.execute(f"CREATE ROLE {role} LOGIN CREATEDB PASSWORD '{ROLE_PASSWORD}'")
     try:
         yield role
     finally:
@@ -338,7 +346,7 @@ async def test_2_sees_the_templates_schema(pg_session):
 
 def test_a_schema_change_is_detected_and_the_database_recloned(project: InnerProject) -> None:
     project.write_tests(SCHEMA_CHANGES)
-    for reset in ("truncate", "rollback"):
+    for reset in ("restore", "rollback"):
         result = project.run("-p", "no:xdist", f"--pgtemplate-reset={reset}")
         result.assert_outcomes(passed=2)
         result.stdout.fnmatch_lines(

@@ -57,8 +57,8 @@ class WorkerDatabase:
     """
 
     name: str
-    url: str
-    sync_url: str
+    url: str = field(repr=False)  # they may carry a password: never in a test's report
+    sync_url: str = field(repr=False)
     _slot: _Slot | None = field(default=None, repr=False)
 
     @property

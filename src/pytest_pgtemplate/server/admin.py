@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from sqlalchemy.engine import URL
@@ -26,8 +26,9 @@ _HOW_TO_FIX = (
 class ServerInfo:
     """The server the plugin provisions databases on (the ``pg_server`` fixture)."""
 
-    url: str
-    """Admin URL (``postgresql://``, the maintenance database), usable by psql and asyncpg."""
+    url: str = field(repr=False)
+    """Admin URL (``postgresql://``, the maintenance database), usable by psql and asyncpg; with
+    its password, so not in ``repr`` (pytest prints reprs in assertion failures)."""
     version: str
     version_num: int
     started_by_plugin: bool

@@ -4,7 +4,8 @@ Servers live in numbered slots, ``cache_root()/<major>/slot<N>/``. A slot belong
 pid its ``owner.json`` records while that process lives, so two concurrent runs get two servers,
 and the next run takes over a dead run's slot with its data (templates included: a warm start).
 A detached reaper (``reaper``), spawned as soon as the slot is claimed, stops the server when
-the owning run dies, even by SIGKILL and even in the middle of starting it.
+the owning run dies, even by SIGKILL and even in the middle of starting it. Only the run gets
+in: the cluster's password (``auth``) is in the URLs it hands out and in a file only it may read.
 """
 
 from __future__ import annotations
@@ -16,41 +17,34 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import count
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..errors import ConfigurationError, ServerUnavailableError
-from . import reaper
+from . import auth, reaper
 from .binaries import Binaries
+from .cluster import SUPERUSER, initdb, reusable, write_run_conf
 from .osuser import RunAs, check_reachable, private_dir, run_program, server_user, shared_dir
 from .usercopy import runnable_binaries
 
-SUPERUSER = "postgres"
 _READY_TIMEOUT = 30.0
-_INCLUDE = "include 'pgtemplate.conf'  # added by pytest-pgtemplate"
-_TUNING = {  # a throwaway test server: durability buys nothing (see shared/MEASUREMENTS.md)
-    "fsync": "off",
-    "synchronous_commit": "off",
-    "full_page_writes": "off",
-    "wal_level": "minimal",
-    "max_wal_senders": "0",
-    "autovacuum": "off",
-    "jit": "off",
-    "shared_buffers": "128MB",
-    "max_connections": "200",
-    "listen_addresses": "'127.0.0.1'",
-}
 
 
 @dataclass(frozen=True)
 class EmbeddedServer:
-    """A server this module started; ``url`` is its maintenance database."""
+    """A server this module started; ``url`` is its maintenance database, password included.
+
+    The password is no field of ``owner.json`` (the slot, where that lies, belongs to the
+    server's OS user): it is read back from ``password_file``, and kept out of ``repr``.
+    """
 
     data_dir: Path
     socket_dir: Path
@@ -61,10 +55,16 @@ class EmbeddedServer:
     start_seconds: float
     binaries: Binaries
     os_user: str
+    password: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+        secret = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://{quote(self.user, safe='')}{secret}@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def password_file(self) -> Path:
+        return auth.password_file(self.data_dir.parent)
 
     @property
     def log_file(self) -> Path:
@@ -162,8 +162,10 @@ def _save_owner(slot: Path, owner_pid: int, server: EmbeddedServer | None) -> No
         "started_at": time.time(),
     }
     if server is not None:
+        fields = asdict(server)
+        del fields["password"]  # see EmbeddedServer
         record["port"] = server.port
-        record["server"] = json.loads(json.dumps(asdict(server), default=str))
+        record["server"] = json.loads(json.dumps(fields, default=str))
     temporary = slot / f"owner.json.{os.getpid()}"
     temporary.write_text(json.dumps(record, indent=1))
     temporary.replace(slot / "owner.json")
@@ -173,7 +175,8 @@ def _server_from(fields: dict[str, Any]) -> EmbeddedServer:
     found = fields["binaries"]
     binaries = Binaries(Path(found["bin_dir"]), found["version"], found["major"], found["origin"])
     paths = {"data_dir": Path(fields["data_dir"]), "socket_dir": Path(fields["socket_dir"])}
-    return EmbeddedServer(**{**fields, **paths, "binaries": binaries})
+    password = auth.read_password(paths["data_dir"].parent) or ""
+    return EmbeddedServer(**{**fields, **paths, "binaries": binaries, "password": password})
 
 
 def _start_in(
@@ -185,17 +188,20 @@ def _start_in(
         raise ServerUnavailableError(f"a dead run's server on {data} survived SIGKILL")
     socket_dir = _socket_dir(slot, run_as)
     launched = None
-    if not fresh and _sound(data, binaries, run_as):
+    password = None if fresh else reusable(slot, binaries, run_as)
+    if password is not None:
         with contextlib.suppress(ServerUnavailableError):
             launched = _launch(binaries, data, socket_dir, run_as)
     warm = launched is not None
-    if launched is None:
-        _initdb(binaries, data, run_as)
+    if password is None or launched is None:
+        password = initdb(binaries, slot, run_as)
         launched = _launch(binaries, data, socket_dir, run_as)
     os_user = run_as.name if run_as else _user_name(os.geteuid())
     elapsed = time.perf_counter() - began
     pid, port = launched
-    return EmbeddedServer(data, socket_dir, port, SUPERUSER, pid, warm, elapsed, binaries, os_user)
+    return EmbeddedServer(
+        data, socket_dir, port, SUPERUSER, pid, warm, elapsed, binaries, os_user, password
+    )
 
 
 def _user_name(uid: int) -> str:
@@ -210,53 +216,25 @@ def _socket_dir(slot: Path, run_as: RunAs | None) -> Path:
     path = slot / "sock"
     if len(os.fsencode(path)) + len("/.s.PGSQL.65535.lock") >= 100:
         path = Path("/tmp") / f"pgtemplate-{hashlib.sha256(bytes(slot)).hexdigest()[:12]}"
-        if path.exists() and path.lstat().st_uid != (run_as.uid if run_as else os.geteuid()):
-            raise ConfigurationError(f"{path} belongs to another user; delete it")
+        _clear_foreign(path, run_as.uid if run_as else os.geteuid())
     return private_dir(path, run_as)
 
 
-def _sound(data: Path, binaries: Binaries, run_as: RunAs | None) -> bool:
-    """Whether ``data`` looks like a finished cluster of this major owned by the server user."""
+def _clear_foreign(path: Path, uid: int) -> None:
+    """Root removes a socket dir in /tmp that another OS user owns (an older version's server
+    user, ``postgres``); anyone else may not, and is told to."""
     try:
-        version = (data / "PG_VERSION").read_text().strip()
-        owner = data.stat().st_uid
-        finished = _INCLUDE in (data / "postgresql.conf").read_text()
-    except OSError:
-        return False
-    expected = run_as.uid if run_as else os.geteuid()
-    complete = (data / "global" / "pg_control").is_file()
-    return version == str(binaries.major) and owner == expected and finished and complete
-
-
-def _initdb(binaries: Binaries, data: Path, run_as: RunAs | None) -> None:
-    """Create a fresh cluster: trust auth, no fsync; locale C.UTF-8 where the OS has it, else C."""
-    shutil.rmtree(data, ignore_errors=True)
-    args = [binaries.tool("initdb"), "-D", str(data), "--auth=trust", f"--username={SUPERUSER}"]
-    args += ["--encoding=UTF8", "--no-sync"]
-    args += ["--no-instructions"] if binaries.major >= 13 else []
-    output = ""
-    for locale in ("C.UTF-8", "C"):
-        done = run_program([*args, f"--locale={locale}"], run_as, data.parent)
-        if done.returncode == 0:
-            with (data / "postgresql.conf").open("a") as conf:
-                conf.write(f"\n{_INCLUDE}\n")
-            return
-        output = done.stdout + done.stderr
-        shutil.rmtree(data, ignore_errors=True)
-    raise ServerUnavailableError(
-        f"initdb failed in {data}:\n{output.strip()}\nFix the cause above, or set "
-        "pgtemplate_url / PGTEMPLATE_URL to a running server instead."
-    )
-
-
-def _write_run_conf(data: Path, port: int, socket_dir: Path, run_as: RunAs | None) -> None:
-    """Settings rewritten at every start, so a warm cluster gets the current tuning too."""
-    escaped = str(socket_dir).replace("'", "''")
-    settings = {**_TUNING, "port": str(port), "unix_socket_directories": f"'{escaped}'"}
-    path = data / "pgtemplate.conf"
-    path.write_text("".join(f"{name} = {value}\n" for name, value in settings.items()))
-    if run_as is not None:
-        os.chown(path, run_as.uid, run_as.gid)
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if info.st_uid == uid:
+        return
+    if os.geteuid() != 0:
+        raise ConfigurationError(f"{path} belongs to another user; delete it")
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def _free_port() -> int:
@@ -272,7 +250,7 @@ def _launch(
     log = data.parent / "server.log"
     for _ in range(3):
         port = _free_port()
-        _write_run_conf(data, port, socket_dir, run_as)
+        write_run_conf(data, port, socket_dir, run_as)
         log.unlink(missing_ok=True)
         args = [binaries.tool("pg_ctl"), "-D", str(data), "-W", "-l", str(log), "start"]
         done = run_program(args, run_as, data.parent)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+from sqlalchemy.engine import make_url
 
 from ..errors import LockTimeoutError
+from ..urls import redacted
 from .binaries import find_binaries
 from .embedded import EmbeddedServer, cache_root, read_running, start, stop
 
@@ -61,6 +63,7 @@ def stop_owned(request: LocalServerRequest) -> None:
 
 
 def describe(server: EmbeddedServer, *, started_here: bool) -> str:
+    """The header's and the end line's words for the server; its password masked (``***``)."""
     binaries = server.binaries
     how = (
         f"{'warm' if server.warm else 'cold'} start in {server.start_seconds:.2f} s"
@@ -69,5 +72,5 @@ def describe(server: EmbeddedServer, *, started_here: bool) -> str:
     )
     return (
         f"embedded PostgreSQL {binaries.version} ({binaries.origin}: {binaries.bin_dir}; {how}) "
-        f"at {server.url}"
+        f"at {redacted(make_url(server.url))}"
     )

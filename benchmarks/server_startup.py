@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 from pytest_pgtemplate.server.binaries import find_binaries
-from pytest_pgtemplate.server.embedded import start, stop
+from pytest_pgtemplate.server.own import start, stop
 
 
 def one_round(cache: Path, bin_dir: str | None) -> tuple[float, float, float]:

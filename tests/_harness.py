@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
-from pytest_pgtemplate.naming import Marker
-from pytest_pgtemplate.server.embedded import EmbeddedServer, cache_root, stop
-from pytest_pgtemplate.server.local import LocalServerRequest, start_now
+from pytest_pgtemplate.naming import DatabaseTag
+from pytest_pgtemplate.server.own import OwnServer, cache_root, stop
+from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
 
 ENV_VAR = "PGTEMPLATE_TEST_URL"
 PROJECT_PREFIX = "pgtsuite_"
@@ -48,7 +48,7 @@ class SuiteServer:
     """The server this process's tests use; ``embedded`` is set when this process started it."""
 
     url: str
-    embedded: EmbeddedServer | None = None
+    embedded: OwnServer | None = None
 
     @classmethod
     def open(cls) -> SuiteServer:
@@ -91,7 +91,9 @@ class Owned:
 
     def databases(self, admin: psycopg.Connection) -> dict[str, str]:
         """Name -> kind (``template``, ``worker``, ``kept``; ``worker`` for unmarked ones)."""
-        markers = {name: Marker.from_comment(comment) for name, comment in admin.execute(_LISTING)}
+        markers = {
+            name: DatabaseTag.from_comment(comment) for name, comment in admin.execute(_LISTING)
+        }
         marked = {
             name: marker
             for name, marker in markers.items()

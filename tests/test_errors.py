@@ -9,7 +9,7 @@ import psycopg
 
 from _harness import new_role_password, with_database, with_user
 from conftest import InnerProject
-from pytest_pgtemplate.lease import build_lock_key
+from pytest_pgtemplate.claim import build_lock_key
 from pytest_pgtemplate.migrators import AlembicMigrator
 from pytest_pgtemplate.naming import template_name
 from pytest_pgtemplate.template import template_fingerprint
@@ -67,7 +67,7 @@ def test_bad_values_list_the_valid_ones(project: InnerProject) -> None:
     assert result.ret == 4
     result.stderr.re_match_lines(
         [
-            r".*pgtemplate_reset must be one of \['truncate', 'truncate-all', 'rollback', "
+            r".*pgtemplate_reset must be one of \['restore', 'truncate-all', 'rollback', "
             r"'recreate'\] \(got 'bogus'\)"
         ]
     )

@@ -28,9 +28,9 @@ from conftest import InnerProject
 from pytest_pgtemplate import ConfigurationError
 from pytest_pgtemplate.server import auth
 from pytest_pgtemplate.server.binaries import find_binaries
-from pytest_pgtemplate.server.embedded import EmbeddedServer, stop, stop_data_dir
-from pytest_pgtemplate.server.local import LocalServerRequest, start_now
 from pytest_pgtemplate.server.osuser import ensure_os_user
+from pytest_pgtemplate.server.own import OwnServer, stop, stop_data_dir
+from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: only root can create a second OS user to try to get in"
@@ -67,11 +67,11 @@ def psql() -> str:
     return str(program)
 
 
-def _start(cache: Path, *, fresh: bool = False) -> EmbeddedServer:
+def _start(cache: Path, *, fresh: bool = False) -> OwnServer:
     return start_now(LocalServerRequest(os.getpid(), None, cache, fresh))
 
 
-def _select_one(server: EmbeddedServer) -> int:
+def _select_one(server: OwnServer) -> int:
     with psycopg.connect(server.url, autocommit=True) as conn:
         row = conn.execute("SELECT 1").fetchone()
     return int(row[0]) if row else 0
@@ -170,7 +170,7 @@ def test_an_inner_run_on_its_own_server_lets_no_other_user_in(
     output = "\n".join(result.outlines + result.errlines)
     assert len(password) >= 32
     assert password not in output
-    result.stdout.fnmatch_lines(["pgtemplate: embedded PostgreSQL * at postgresql://postgres:*"])
+    result.stdout.fnmatch_lines(["pgtemplate: own PostgreSQL * at postgresql://postgres:*"])
     assert "postgresql://postgres:***@127.0.0.1:" in output  # the header's, masked
 
 

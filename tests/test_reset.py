@@ -24,10 +24,10 @@ import pytest
 import pytest_asyncio
 
 from _harness import new_role_password, with_user
+from pytest_pgtemplate.claim import LIVENESS_CLASS, lock_key
 from pytest_pgtemplate.databases import drop
 from pytest_pgtemplate.errors import ResetError
-from pytest_pgtemplate.lease import LIVENESS_CLASS, lock_key
-from pytest_pgtemplate.naming import Marker, quote_literal
+from pytest_pgtemplate.naming import DatabaseTag, quote_literal
 from pytest_pgtemplate.reset.install import install
 from pytest_pgtemplate.reset.resetter import Known, ResetOutcome, Resetter, open_resetter
 from pytest_pgtemplate.reset.restore import RestoreStats, restore
@@ -150,7 +150,7 @@ class Databases:
         self.created.append(name)
         await self.claim.execute("SELECT pg_advisory_lock($1, $2)", LIVENESS_CLASS, lock_key(name))
         await self.admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
-        marker = Marker("worker", project=f"pgtsuite_{secrets.token_hex(6)}")
+        marker = DatabaseTag("worker", project=f"pgtsuite_{secrets.token_hex(6)}")
         await self.admin.execute(
             f'COMMENT ON DATABASE "{name}" IS {quote_literal(marker.to_comment())}'
         )

@@ -18,8 +18,8 @@ import pytest
 
 from _harness import new_role_password, with_user
 from conftest import InnerProject
-from pytest_pgtemplate.lease import LIVENESS_CLASS, build_lock_key, lock_key
-from pytest_pgtemplate.naming import Marker
+from pytest_pgtemplate.claim import LIVENESS_CLASS, build_lock_key, lock_key
+from pytest_pgtemplate.naming import DatabaseTag
 from pytest_pgtemplate.sweep import drop_entries, inventory, sweepable
 
 ROLE_PASSWORD = new_role_password()
@@ -40,7 +40,7 @@ def database_exists(admin: psycopg.Connection, name: str) -> bool:
     return row is not None
 
 
-def create_marked(admin: psycopg.Connection, name: str, marker: Marker) -> None:
+def create_marked(admin: psycopg.Connection, name: str, marker: DatabaseTag) -> None:
     admin.execute(f'CREATE DATABASE "{name}"')
     comment = marker.to_comment().replace("'", "''")
     admin.execute(f"COMMENT ON DATABASE \"{name}\" IS '{comment}'")
@@ -64,7 +64,7 @@ def databases_of_project(admin: psycopg.Connection, project: str) -> set[str]:
     return {
         name
         for name, comment in rows
-        if (marker := Marker.from_comment(comment)) is not None and marker.project == project
+        if (marker := DatabaseTag.from_comment(comment)) is not None and marker.project == project
     }
 
 
@@ -91,7 +91,7 @@ def test_a_sweep_never_drops_a_database_whose_owner_claimed_it_after_the_listing
 ) -> None:
     """The old sweep judged from a lock listing taken before the database listing."""
     name = f"pgtemplate_{uuid.uuid4().hex[:12]}_gw0"
-    create_marked(admin, name, Marker("worker", run_id=name[11:23], owner=name, project="t"))
+    create_marked(admin, name, DatabaseTag("worker", run_id=name[11:23], owner=name, project="t"))
     url = conninfo_url(admin)
 
     async def scenario() -> tuple[list[str], list[str]] | None:
@@ -123,7 +123,7 @@ def test_a_sweep_never_drops_a_database_whose_owner_claimed_it_after_the_listing
 
 def test_a_sweep_skips_what_the_role_may_not_drop(admin: psycopg.Connection) -> None:
     name = f"pgtemplate_{uuid.uuid4().hex[:12]}_gw0"
-    create_marked(admin, name, Marker("worker", run_id=name[11:23], owner=name, project="t"))
+    create_marked(admin, name, DatabaseTag("worker", run_id=name[11:23], owner=name, project="t"))
     try:
         with scratch_role(admin) as role:
 
@@ -168,7 +168,7 @@ def test_a_role_that_is_not_superuser_gets_its_own_template_and_works(
     project.run("-n", "2").assert_outcomes(passed=4)  # as postgres: a template postgres owns
     dead = f"pgtemplate_{uuid.uuid4().hex[:12]}_gw0"  # a dead run's, which the role may not drop
     create_marked(
-        admin, dead, Marker("worker", run_id=dead[11:23], owner=dead, project=own_project)
+        admin, dead, DatabaseTag("worker", run_id=dead[11:23], owner=dead, project=own_project)
     )
     try:
         with scratch_role(admin) as role:
@@ -224,7 +224,7 @@ def test_a_lost_lease_is_taken_again_before_the_next_test(project: InnerProject)
     project.write_tests(
         f"""
         import psycopg
-        from pytest_pgtemplate.lease import LIVENESS_CLASS, lock_key
+        from pytest_pgtemplate.claim import LIVENESS_CLASS, lock_key
 
         URL = {conninfo_url(project.admin)!r}
         HOLDERS = (
@@ -252,7 +252,7 @@ def test_a_lost_lease_is_taken_again_before_the_next_test(project: InnerProject)
 
 
 def test_a_copy_that_cannot_be_kept_is_a_warning_in_the_report(project: InnerProject) -> None:
-    marker = Marker("kept", project=project.project).to_comment()
+    marker = DatabaseTag("kept", project=project.project).to_comment()
     project.write_tests(
         f"""
         from sqlalchemy import text
@@ -373,7 +373,7 @@ def test_a_build_that_died_is_swept_and_one_in_progress_is_not(admin: psycopg.Co
             await builder.execute("SELECT pg_advisory_lock($1, $2)", *build_lock_key(building))
             await builder.execute(f'CREATE DATABASE "{unmarked}"')
             await builder.execute(f'CREATE DATABASE "{building}"')
-            comment = Marker("template", fingerprint="f", project="t").to_comment()
+            comment = DatabaseTag("template", fingerprint="f", project="t").to_comment()
             await builder.execute(f"COMMENT ON DATABASE \"{building}\" IS '{comment}'")
 
             async def sweep() -> None:

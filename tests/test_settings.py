@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_pgtemplate import ConfigurationError
-from pytest_pgtemplate.naming import Marker, worker_database_name
+from pytest_pgtemplate.naming import DatabaseTag, worker_database_name
 from pytest_pgtemplate.settings import Option, resolve
 
 
@@ -27,7 +27,7 @@ def test_cli_beats_env_beats_ini_beats_default(tmp_path: Path) -> None:
     assert settings.lock_timeout == 7
     assert settings.sources["lock_timeout"].source == "env PGTEMPLATE_LOCK_TIMEOUT"
     assert settings.sources["reset"].source == "ini"
-    assert settings.sources["connect_timeout"].source == "default"
+    assert settings.sources["keep_templates"].source == "default"
     assert settings.alembic_ini == tmp_path / "alembic.ini"
 
 
@@ -70,7 +70,7 @@ def test_worker_names_fit_postgres_identifiers() -> None:
 
 
 def test_markers_round_trip_and_foreign_comments_are_ignored() -> None:
-    marker = Marker("worker", run_id="abc", template="pgtemplate_tpl_x")
-    assert Marker.from_comment(marker.to_comment()) == marker
-    assert Marker.from_comment("production database, do not touch") is None
-    assert Marker.from_comment('{"pgtemplate": {"bogus": 1}}') is None
+    marker = DatabaseTag("worker", run_id="abc", template="pgtemplate_tpl_x")
+    assert DatabaseTag.from_comment(marker.to_comment()) == marker
+    assert DatabaseTag.from_comment("production database, do not touch") is None
+    assert DatabaseTag.from_comment('{"pgtemplate": {"bogus": 1}}') is None

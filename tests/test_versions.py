@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import InnerProject
-from pytest_pgtemplate.server.embedded import stop_data_dir
+from pytest_pgtemplate.server.own import stop_data_dir
 
 BINARIES_ENV = "PGTEMPLATE_TEST_PG_BINARIES"
 
@@ -87,7 +87,7 @@ def test_own_server_runs_a_suite_on_this_major(
     result = project.run("-n", "2")
     result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(
-        [f"pgtemplate: embedded PostgreSQL {major}.* (pgtemplate_bin_dir: *; cold start in *"]
+        [f"pgtemplate: own PostgreSQL {major}.* (pgtemplate_bin_dir: *; cold start in *"]
     )
     reported = versions.read_text().split()
     assert len(reported) == 6

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .naming import Marker, quote_ident, quote_literal
+from .naming import DatabaseTag, quote_ident, quote_literal
 from .server.admin import ServerInfo
 
 _CLONE_RETRY_SECONDS = 30.0
@@ -28,19 +28,19 @@ async def state(admin: asyncpg.Connection, name: str) -> str:
     return "finished" if row["finished"] else "unfinished"
 
 
-async def read_marker(admin: asyncpg.Connection, name: str) -> Marker | None:
+async def read_marker(admin: asyncpg.Connection, name: str) -> DatabaseTag | None:
     comment = await admin.fetchval(
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
     )
-    return Marker.from_comment(comment)
+    return DatabaseTag.from_comment(comment)
 
 
-async def create_empty(admin: asyncpg.Connection, name: str, marker: Marker) -> None:
+async def create_empty(admin: asyncpg.Connection, name: str, marker: DatabaseTag) -> None:
     await admin.execute(f"CREATE DATABASE {quote_ident(name)}")
     await set_marker(admin, name, marker)
 
 
-async def set_marker(admin: asyncpg.Connection, name: str, marker: Marker) -> None:
+async def set_marker(admin: asyncpg.Connection, name: str, marker: DatabaseTag) -> None:
     await admin.execute(
         f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(marker.to_comment())}"
     )
@@ -114,7 +114,7 @@ checkpoints' cost grows with what else is dirty, so the switch sits at twice tha
 
 
 def clone_options(
-    server: ServerInfo, *, durable: bool, template_bytes: int | None = None
+    server: ServerInfo, *, durable: bool = False, template_bytes: int | None = None
 ) -> CloneOptions:
     """FILE_COPY pays two checkpoints, cheap without fsync; WAL_LOG wins on a durable disk.
 
@@ -146,7 +146,7 @@ def clone_options(
 
 
 async def clone(
-    admin: asyncpg.Connection, template: str, name: str, marker: Marker, options: CloneOptions
+    admin: asyncpg.Connection, template: str, name: str, marker: DatabaseTag, options: CloneOptions
 ) -> None:
     """``CREATE DATABASE name TEMPLATE template``, retried while the template is briefly busy."""
     strategy = f" STRATEGY {options.strategy}" if options.strategy else ""

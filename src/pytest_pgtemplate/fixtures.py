@@ -1,4 +1,6 @@
-"""The public fixtures. Each is thin and overridable in a conftest; the work is in provision.py."""
+"""The public fixtures, pytest-django style: a chain of small links, each overridable in a
+conftest, each taking what it needs from the fixture before it (server -> template -> worker
+database -> per-test database -> engine -> session); the work is in the objects they return."""
 
 from __future__ import annotations
 
@@ -17,13 +19,15 @@ from sqlalchemy.orm import Session
 from . import loops, sessions
 from .engines import Database, EnginePool
 from .errors import PgTemplateError, PgTemplateWarning
-from .provision import Provisioner
+from .report import Problem
 from .reset.resetter import ResetOutcome
+from .run import Run
 from .server.connection import Server
 from .settings import RESET_STRATEGIES, choice_error, strategy_name
-from .stash import PROVISIONER, USED_DATABASE
-from .template import TemplateInfo
-from .worker import WorkerDatabase
+from .stash import RUN, USED_DATABASE
+from .template import TemplateInfo, template_for
+from .urls import export_env
+from .worker import WorkerDatabase, clone_worker, empty_database
 
 
 @contextmanager
@@ -35,8 +39,13 @@ def _user_errors() -> Iterator[None]:
         raise pytest.fail.Exception(f"pytest-pgtemplate: {exc}", pytrace=False) from None
 
 
-def _provisioner(request: pytest.FixtureRequest) -> Provisioner:
-    return request.config.stash[PROVISIONER]
+def _run(request: pytest.FixtureRequest) -> Run:
+    return request.config.stash[RUN]
+
+
+def _lock_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared by every worker of the run: xdist's recipe for work done once."""
+    return tmp_path_factory.getbasetemp().parent
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +53,7 @@ def pg_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     """The PostgreSQL server in use (``.url``, ``.version``, ``.major``...) and this process's
     claim on it; a conftest may return its own ``Server.connect(url)`` instead."""
     with _user_errors():
-        return _provisioner(request).connect_server(tmp_path_factory.getbasetemp().parent)
+        return _run(request).open_server(_lock_dir(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +61,22 @@ def pg_template(
     request: pytest.FixtureRequest, pg_server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> TemplateInfo:
     """The migrated template: ``.name``, ``.fingerprint``, ``.reused``."""
-    lock_dir: Path = tmp_path_factory.getbasetemp().parent
+    run = _run(request)
     with _user_errors():
-        return _provisioner(request).template(pg_server, lock_dir)
+        server = run.adopt(pg_server)
+        template = template_for(
+            server, run.migrator(), run.build_options(_lock_dir(tmp_path_factory))
+        )
+    if len(template.heads) > 1:
+        warnings.warn(
+            PgTemplateWarning(
+                f"the migrations have {len(template.heads)} heads ({', '.join(template.heads)}): "
+                "the template holds them all, but a deploy's `alembic upgrade head` fails. "
+                "Merge them: alembic merge heads -m merge"
+            ),
+            stacklevel=1,
+        )
+    return template
 
 
 @pytest.fixture(scope="session")
@@ -62,14 +84,18 @@ def pg_worker_database(
     request: pytest.FixtureRequest, pg_server: Server, pg_template: TemplateInfo
 ) -> Iterator[WorkerDatabase]:
     """This worker's database, cloned from the template and dropped at the end of the run."""
-    provisioner = _provisioner(request)
+    run = _run(request)
     with _user_errors():
-        database = provisioner.create_worker_database(pg_server, pg_template)
+        server = run.adopt(pg_server)
+        database = clone_worker(
+            server, pg_template, name=run.worker_name(), project=run.settings.project
+        )
+    export_env(run.settings.export_env, database.url)  # a conftest server is known only now
     yield database
     try:
-        provisioner.drop_database(database)
+        database.drop()
     except PgTemplateError as exc:
-        provisioner.report.problems.append(str(exc))
+        server.report.record(Problem(str(exc)))
 
 
 @pytest.fixture
@@ -94,12 +120,15 @@ def pg_empty_database(
     request: pytest.FixtureRequest, pg_server: Server
 ) -> Iterator[WorkerDatabase]:
     """An empty database (from template0, no migrations) for one test, e.g. a migration test."""
-    provisioner = _provisioner(request)
+    run = _run(request)
     with _user_errors():
-        database = provisioner.create_empty_database(pg_server)
+        server = run.adopt(pg_server)
+        database = empty_database(
+            server, owner=run.worker_name(), number=run.next_empty(), project=run.settings.project
+        )
     yield database
     with _user_errors():
-        provisioner.drop_database(database)
+        database.drop()
 
 
 @pytest.fixture(autouse=True)
@@ -183,9 +212,9 @@ def reset_strategy(request: pytest.FixtureRequest) -> str:
     """The marker takes exactly ``reset=<strategy>``, or nothing; anything else is an error."""
     marker = request.node.get_closest_marker("pgtemplate")
     if marker is None:
-        return _provisioner(request).settings.reset
+        return _run(request).settings.reset
     if not marker.args and not marker.kwargs:  # bare: the test uses the database, default reset
-        return _provisioner(request).settings.reset
+        return _run(request).settings.reset
     strategy = marker.kwargs.get("reset")
     if marker.args or set(marker.kwargs) != {"reset"}:
         given = ", ".join(

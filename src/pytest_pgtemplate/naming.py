@@ -66,7 +66,7 @@ def quote_literal(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Marker:
+class DatabaseTag:
     """What the plugin writes into ``COMMENT ON DATABASE`` of databases it creates."""
 
     kind: Kind
@@ -86,7 +86,7 @@ class Marker:
         return json.dumps({"pgtemplate": fields}, sort_keys=True)
 
     @classmethod
-    def from_comment(cls, comment: str | None) -> Marker | None:
+    def from_comment(cls, comment: str | None) -> DatabaseTag | None:
         """Parse a comment; ``None`` for anything the plugin did not write."""
         try:
             fields: Any = json.loads(comment or "")["pgtemplate"]

@@ -21,13 +21,13 @@ from .identity import (
     publish,
     worker_identity,
 )
-from .provision import Provisioner
-from .report import Report, summary_lines
-from .server.local import describe as describe_local
-from .server.local import start_now, stop_owned
+from .report import Report, ServerUsed, summary_lines
+from .run import Run
+from .server.per_run import describe as describe_local
+from .server.per_run import start_now, stop_owned
 from .settings import OPTIONS, Option, Settings, resolve
-from .stash import CRASHED, PROVISIONER, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
-from .urls import export_values, parse_server_url
+from .stash import CRASHED, RUN, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
+from .urls import export_env, parse_server_url
 
 _MARKER_HELP = (
     "pgtemplate(reset=STRATEGY): the test uses its worker's database (as if it asked for "
@@ -73,19 +73,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_HELP)
     workerinput: dict[str, Any] = getattr(config, "workerinput", None) or {}
     told = from_workerinput(workerinput) if workerinput else None
-    provisioner = config.stash.get(PROVISIONER, None)
-    if provisioner is None:  # a remote worker, a nested run, or the plugin loaded late
+    run = config.stash.get(RUN, None)
+    if run is None:  # a remote worker, a nested run, or the plugin loaded late
 
         def lookup(option: Option) -> tuple[str | bool | None, str | None]:
             return config.getoption(option.dest), config.getini(option.ini)
 
-        provisioner = _begin(config, config.option, lookup, told)
-    elif told is not None and told != provisioner.identity:
-        provisioner.identity = told
-        provisioner.report.worker = told.worker_id
-        _export_env(provisioner)
+        run = _begin(config, config.option, lookup, told)
+    elif told is not None and told != run.identity:
+        run.identity = told
+        run.report.worker = told.worker_id
+        _export_env(run)
     if not workerinput:  # once per run, not once per worker
-        for note in provisioner.settings.deprecations:
+        for note in run.settings.deprecations:
             config.issue_config_time_warning(PgTemplateWarning(note), stacklevel=2)
     uid = config.stash.get(TESTRUN_UID, None)
     if uid is not None:
@@ -94,7 +94,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(fixtures, "pgtemplate-fixtures")
     config.pluginmanager.register(loops, "pgtemplate-loops")
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(provisioner), "pgtemplate-xdist")
+        config.pluginmanager.register(XdistHooks(run), "pgtemplate-xdist")
 
 
 def _begin(
@@ -102,7 +102,7 @@ def _begin(
     namespace: object,
     lookup: Callable[[Option], tuple[str | bool | None, str | None]],
     identity: RunIdentity | None,
-) -> Provisioner:
+) -> Run:
     """Settings and identity; the owner starts its server now if URLs must be exported; every
     process but the xdist controller exports its worker database's URL."""
     settings = _settings(lookup, config)
@@ -110,15 +110,15 @@ def _begin(
     if identity is None:
         given = getattr(namespace, "testrunuid", None)
         identity, config.stash[TESTRUN_UID] = owner_identity(controller=controller, given_uid=given)
-    provisioner = Provisioner(settings, identity, config.rootpath)
-    config.stash[PROVISIONER] = provisioner
+    run = Run(settings, identity, config.rootpath)
+    config.stash[RUN] = run
     if identity.owner_pid == os.getpid():
         if settings.export_env and not settings.url.value and not _only_asks_for_help(namespace):
-            _start_local_server_now(provisioner)
-        publish(provisioner.identity, os.environ)
+            _start_local_server_now(run)
+        publish(run.identity, os.environ)
     if not controller:
-        _export_env(provisioner)
-    return provisioner
+        _export_env(run)
+    return run
 
 
 def _settings(
@@ -137,33 +137,30 @@ def _only_asks_for_help(namespace: object) -> bool:
     return bool(getattr(namespace, "help", False) or getattr(namespace, "version", False))
 
 
-def _start_local_server_now(provisioner: Provisioner) -> None:
+def _start_local_server_now(run: Run) -> None:
     """Exported URLs must exist before conftest files import: no lazy start for them."""
     try:
-        server = start_now(provisioner.local_server())
+        server = start_now(run.own_server())
     except PgTemplateError as exc:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
-    provisioner.identity = replace(provisioner.identity, server_url=server.url)
-    provisioner.report.server = describe_local(server, started_here=True)
-    provisioner.report.server_started = True
+    run.identity = replace(run.identity, server_url=server.url)
+    run.report.record(ServerUsed(describe_local(server, started_here=True), started_here=True))
 
 
-def _export_env(provisioner: Provisioner) -> None:
+def _export_env(run: Run) -> None:
     """Before conftest files and test modules are imported, so import-time reads see the URL."""
-    names = provisioner.settings.export_env
-    if names and provisioner.has_server_url():
-        url = provisioner.worker_urls(provisioner.server_url()).url
-        os.environ.update(export_values(names, url))
+    if run.settings.export_env and run.has_server_url():
+        export_env(run.settings.export_env, run.worker_urls(run.server_url()).url)
 
 
 class XdistHooks:
     """Registered only when pytest-xdist is installed: hands the run id to every worker."""
 
-    def __init__(self, provisioner: Provisioner) -> None:
-        self.provisioner = provisioner
+    def __init__(self, run: Run) -> None:
+        self.run = run
 
     def pytest_configure_node(self, node: Any) -> None:
-        identity = self.provisioner.identity
+        identity = self.run.identity
         node.workerinput["pgtemplate_run_id"] = identity.run_id
         node.workerinput["pgtemplate_owner_pid"] = identity.owner_pid
         node.workerinput["pgtemplate_server_url"] = identity.server_url
@@ -182,9 +179,9 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """``--pgtemplate-keep-failed``: copy the failed test's database before the reset empties it."""
     report = yield
-    provisioner = item.config.stash[PROVISIONER]
+    run = item.config.stash[RUN]
     database = item.stash.get(USED_DATABASE, None)
-    if report.failed and call.when == "call" and database and provisioner.settings.keep_failed:
+    if report.failed and call.when == "call" and database and run.settings.keep_failed:
         try:
             line = f"database kept for inspection: psql {database.keep_copy()}"
         except PgTemplateError as exc:
@@ -194,26 +191,26 @@ def pytest_runtest_makereport(
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    provisioner = config.stash[PROVISIONER]
-    settings = provisioner.settings
+    run = config.stash[RUN]
+    settings = run.settings
     sources = settings.sources
     if settings.url.value:
-        server = f"{provisioner.server_url().render_as_string()} ({sources['url'].source})"
-    elif provisioner.identity.server_url:
-        server = provisioner.report.server
+        server = f"{run.server_url().render_as_string()} ({sources['url'].source})"
+    elif run.identity.server_url:
+        server = _started_here(run.report) or "own"
     else:
-        server = "embedded, started on first use (no pgtemplate_url)"
+        server = "own, started on first use (no pgtemplate_url)"
     return (
-        f"pgtemplate: server {server}, schema from {_schema_source(provisioner)}, "
+        f"pgtemplate: server {server}, schema from {_schema_source(run)}, "
         f"reset {settings.reset} ({sources['reset'].source}), project {settings.project}"
     )
 
 
-def _schema_source(provisioner: Provisioner) -> str:
+def _schema_source(run: Run) -> str:
     """Only the source in use; what its fingerprint covers when that is not obvious."""
     try:
-        migrator = provisioner.migrator()
-        if provisioner.settings.migrate:
+        migrator = run.migrator()
+        if run.settings.migrate:
             return f"{migrator.describe()} ({migrator.fingerprint_note()})"
         return migrator.describe()
     except PgTemplateError as exc:
@@ -224,33 +221,37 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if config.stash.get(CRASHED, False):
         try:
-            config.stash[PROVISIONER].sweep_after_crash()
+            config.stash[RUN].sweep_after_crash()
         except PgTemplateError as exc:
             warnings.warn(PgTemplateWarning(f"could not sweep after a crash: {exc}"), stacklevel=1)
     workeroutput = getattr(config, "workeroutput", None)
-    report = config.stash[PROVISIONER].report
+    report = config.stash[RUN].report
     if workeroutput is not None and report.worth_reporting:
         workeroutput["pgtemplate"] = report.to_wire()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     reports = config.stash[WORKER_REPORTS].copy()
-    own = config.stash[PROVISIONER].report
+    own = config.stash[RUN].report
     if own.worth_reporting:
         reports.append(own)
-    owner_note = own.server if own.server_started else ""
-    for line in summary_lines(reports, owner_note):
+    for line in summary_lines(reports, _started_here(own)):
         terminalreporter.write_line(line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    provisioner = config.stash.get(PROVISIONER, None)
-    if provisioner is None:
+    run = config.stash.get(RUN, None)
+    if run is None:
         return
     try:
-        provisioner.close()
+        run.close()
     except PgTemplateError as exc:
         sys.stderr.write(f"pytest-pgtemplate: cleaning up at the end of the run: {exc}\n")
     finally:
-        if provisioner.identity.owner_pid == os.getpid() and not provisioner.settings.url.value:
-            stop_owned(provisioner.local_server())
+        if run.identity.owner_pid == os.getpid() and not run.settings.url.value:
+            stop_owned(run.own_server())
+
+
+def _started_here(report: Report) -> str:
+    """The owner's words for the own server it started (version, binaries, start-up time)."""
+    return next((used.text for used in report.of(ServerUsed) if used.started_here), "")

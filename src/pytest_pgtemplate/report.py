@@ -1,70 +1,108 @@
-"""What one process did (the run report), how it crosses xdist's boundary, and the summary line.
+"""What one process did, as typed events; how they cross xdist's boundary; the end-of-run line.
 
-Workers send their report to the controller through ``workeroutput``, which carries only plain
-values: ``to_wire``/``from_wire`` are the one explicit conversion, and tolerate reports of
-another plugin version (unknown keys are dropped, missing ones take defaults).
+The chain's objects record what happened (a server used, a template built or reused, a worker
+database cloned, a problem met) on the ``Report`` of the server they work on; the plugin sends
+each worker's report to the controller through ``workeroutput``, which carries only plain
+values: ``to_wire``/``from_wire`` are the one conversion, and tolerate another plugin version's
+reports (unknown events are dropped).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+
+@dataclass(frozen=True)
+class ServerUsed:
+    text: str  # what it is and where, the password masked
+    started_here: bool = False  # this process started the plugin's own server
+
+
+@dataclass(frozen=True)
+class TemplateReady:
+    name: str
+    built: bool
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerCloned:
+    seconds: float
+    method: str  # how, and why: ``FILE_COPY, fsync off``
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a sweep or clean-up could not do: shown at the end, never a test failure."""
+
+    text: str
+
+
+Event = ServerUsed | TemplateReady | WorkerCloned | Problem
+_KINDS: dict[str, type[Event]] = {
+    kind.__name__: kind for kind in (ServerUsed, TemplateReady, WorkerCloned, Problem)
+}
+E = TypeVar("E", ServerUsed, TemplateReady, WorkerCloned, Problem)
 
 
 @dataclass
 class Report:
     worker: str = ""
-    server: str = ""
-    server_started: bool = False
-    """This process started the plugin's own server: its note has the start-up figures."""
-    template: str = ""
-    built: bool = False
-    build_seconds: float = 0.0
-    clone_method: str = ""
-    """How worker databases were cloned and why, e.g. ``FILE_COPY (fsync off)``."""
-    clone_seconds: float = 0.0
-    clones: int = 0
+    events: list[Event] = field(default_factory=list)
     resets: int = 0
-    swept: int = 0
-    problems: list[str] = field(default_factory=list)
-    """What a sweep or clean-up could not do: shown at the end, never a test failure."""
+
+    def record(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [event for event in self.events if isinstance(event, kind)]
 
     @property
     def worth_reporting(self) -> bool:
-        return bool(self.template or self.problems)
+        return bool(self.of(TemplateReady) or self.of(Problem))
 
     def to_wire(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        events = [{"kind": type(e).__name__, **asdict(e)} for e in self.events]
+        return {"worker": self.worker, "resets": self.resets, "events": events}
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Report:
-        known = {f.name for f in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+        events: list[Event] = []
+        for raw in data.get("events", []):
+            kind = _KINDS.get(raw.get("kind", ""))
+            if kind is not None:
+                fields = {k: v for k, v in raw.items() if k in kind.__dataclass_fields__}
+                events.append(kind(**fields))
+        return cls(str(data.get("worker", "")), events, int(data.get("resets", 0)))
 
 
-def summary_lines(reports: Sequence[Report], owner_note: str) -> list[str]:
+def summary_lines(reports: Sequence[Report], owner_note: str = "") -> list[str]:
     """The end-of-run lines: what the plugin did, then anything it could not do."""
-    used = [r for r in reports if r.template]
+    used = [r for r in reports if r.of(TemplateReady)]
     lines = [_summary(used, owner_note)] if used else []
-    problems = dict.fromkeys(p for r in reports for p in r.problems)
+    problems = dict.fromkeys(p.text for r in reports for p in r.of(Problem))
     return lines + [f"pgtemplate: warning: {problem}" for problem in problems]
 
 
 def _summary(reports: Sequence[Report], owner_note: str) -> str:
-    builders = [r for r in reports if r.built]
-    starters = [r.server for r in reports if r.server_started]
-    server = owner_note or next(iter(starters), reports[0].server)
+    servers = [s for r in reports for s in r.of(ServerUsed)]
+    started = [s.text for s in servers if s.started_here]
+    server = owner_note or next(iter(started), servers[0].text if servers else "")
+    template = reports[0].of(TemplateReady)[0].name
+    builders = [(r.worker, t.seconds) for r in reports for t in r.of(TemplateReady) if t.built]
+    how = "reused (no migration ran)"
     if builders:
-        how = "built by " + ", ".join(f"{r.worker} in {r.build_seconds:.2f} s" for r in builders)
-    else:
-        how = "reused (no migration ran)"
-    clones = sum(r.clones for r in reports)
-    clone_ms = 1000 * sum(r.clone_seconds for r in reports) / max(clones, 1)
-    method = next((r.clone_method for r in reports if r.clone_method), "")
+        how = "built by " + ", ".join(
+            f"{worker} in {seconds:.2f} s" for worker, seconds in builders
+        )
+    clones = [c for r in reports for c in r.of(WorkerCloned)]
+    clone_ms = 1000 * sum(c.seconds for c in clones) / max(len(clones), 1)
+    method = next((c.method for c in clones if c.method), "")
     resets = sum(r.resets for r in reports)
     return (
-        f"pgtemplate: {server}; template {reports[0].template} {how}; "
-        f"{clones} worker database(s) cloned (avg {clone_ms:.0f} ms"
+        f"pgtemplate: {server}; template {template} {how}; "
+        f"{len(clones)} worker database(s) cloned (avg {clone_ms:.0f} ms"
         f"{', ' + method if method else ''}) and dropped; {resets} reset(s)"
     )

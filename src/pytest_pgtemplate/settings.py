@@ -93,7 +93,6 @@ OPTIONS = (
         "seconds to wait for another run or worker that builds the template.",
         default="300",
     ),
-    Option("connect_timeout", "seconds to wait for the server to answer.", default="10"),
     Option(
         "keep_failed",
         "keep a copy of a failing test's database and print its URL.",
@@ -106,13 +105,6 @@ OPTIONS = (
         "cache_dir",
         "where the plugin's own server keeps its data between runs (default: /dev/shm when it "
         "is a tmpfs, else ~/.cache/pytest-pgtemplate).",
-    ),
-    Option(
-        "fresh_server",
-        "ignore the cached data directory of the plugin's own server (initdb again).",
-        default="false",
-        choices=("true", "false"),
-        flag=True,
     ),
     Option(
         "keep_templates",
@@ -128,27 +120,6 @@ OPTIONS = (
         "fingerprint_paths",
         "files, directories or globs (space or comma separated, relative to the rootdir) whose "
         "content decides the template built by pgtemplate_migrate.",
-    ),
-    Option(
-        "durable",
-        "keep the server's synchronous_commit on the databases the plugin creates "
-        "(default: off there, as a throwaway test database needs no durability).",
-        default="false",
-        choices=("true", "false"),
-        flag=True,
-    ),
-    Option(
-        "leak_grace",
-        "seconds the reset waits for transactions still active on the worker database to "
-        "finish before it ends them.",
-        default="0.2",
-    ),
-    Option(
-        "allow_empty_template",
-        "accept a template in which pgtemplate_migrate created no table.",
-        default="false",
-        choices=("true", "false"),
-        flag=True,
     ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -170,17 +141,12 @@ class Settings:
     reset: str
     export_env: tuple[str, ...]
     lock_timeout: float
-    connect_timeout: float
     keep_failed: bool
     bin_dir: str | None
     cache_dir: Path | None
-    fresh_server: bool
     keep_templates: int
     project: str
     fingerprint_paths: tuple[str, ...]
-    allow_empty_template: bool
-    durable: bool
-    leak_grace: float
     sources: Mapping[str, Resolved]
     deprecations: tuple[str, ...] = ()
 
@@ -209,17 +175,12 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
         deprecations=(deprecation,) if deprecation else (),
         export_env=_env_names(value["export_env"]),
         lock_timeout=_seconds(OPTIONS_BY_NAME["lock_timeout"], value["lock_timeout"]),
-        connect_timeout=_seconds(OPTIONS_BY_NAME["connect_timeout"], value["connect_timeout"]),
         keep_failed=value["keep_failed"] == "true",
         bin_dir=value["bin_dir"] or None,
         cache_dir=Path(os.path.expanduser(value["cache_dir"])) if value["cache_dir"] else None,
-        fresh_server=value["fresh_server"] == "true",
         keep_templates=_count(OPTIONS_BY_NAME["keep_templates"], value["keep_templates"]),
         project=value["project"] or default_project(rootdir),
         fingerprint_paths=tuple(p for p in re.split(r"[\s,]+", value["fingerprint_paths"]) if p),
-        allow_empty_template=value["allow_empty_template"] == "true",
-        durable=value["durable"] == "true",
-        leak_grace=_seconds(OPTIONS_BY_NAME["leak_grace"], value["leak_grace"], allow_zero=True),
         sources=sources,
     )
 
@@ -303,14 +264,13 @@ def _count(option: Option, raw: str) -> int:
     return int(raw)
 
 
-def _seconds(option: Option, raw: str, *, allow_zero: bool = False) -> float:
+def _seconds(option: Option, raw: str) -> float:
     try:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        kind = "a number of seconds, 0 or more" if allow_zero else "a positive number of seconds"
-        raise ConfigurationError(f"{option.ini} must be {kind} (got {raw!r})")
+    if not seconds > 0:  # NaN too
+        raise ConfigurationError(f"{option.ini} must be a positive number of seconds (got {raw!r})")
     return seconds
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from .provision import Provisioner
 from .report import Report
+from .run import Run
 from .worker import WorkerDatabase
 
-PROVISIONER = pytest.StashKey[Provisioner]()
-"""config: settings, identity, the run report and the steps the fixtures call."""
+RUN = pytest.StashKey[Run]()
+"""config: this process's settings, identity, report and the servers it met."""
 TESTRUN_UID = pytest.StashKey[str | None]()
 """config (the run's owner): the ``testrunuid`` it chose for xdist, which the run id comes from."""
 WORKER_REPORTS = pytest.StashKey[list[Report]]()

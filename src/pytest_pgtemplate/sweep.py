@@ -11,15 +11,18 @@ claims and creates its database meanwhile is simply not in the list.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from . import databases
-from .lease import LIVENESS_CLASS, TEMPLATE_USE_CLASS, build_lock_key, lock_key
-from .naming import PREFIX, Marker
+from .claim import LIVENESS_CLASS, TEMPLATE_USE_CLASS, build_lock_key, lock_key
+from .naming import PREFIX, DatabaseTag
+from .report import Problem
+from .server.admin import DRIVER_ERRORS
+from .server.connection import Server
 
 __all__ = [
     "LIVENESS_CLASS",
@@ -28,6 +31,7 @@ __all__ = [
     "Entry",
     "dead_workers",
     "drop_entries",
+    "drop_quietly",
     "inventory",
     "lock_key",
     "surplus_templates",
@@ -51,7 +55,7 @@ class Entry:
     """One of the plugin's databases, as ``pgtemplate list`` shows it."""
 
     name: str
-    marker: Marker
+    marker: DatabaseTag
     size: int
     alive: bool
     finished: bool = True
@@ -74,7 +78,7 @@ async def inventory(admin: asyncpg.Connection, *, sizes: bool = False) -> list[E
     }
     entries = []
     for row in rows:
-        marker = Marker.from_comment(row["comment"]) or _unmarked(row["name"])
+        marker = DatabaseTag.from_comment(row["comment"]) or _unmarked(row["name"])
         if marker is not None:
             alive = _alive(marker, row["name"], held)
             entries.append(Entry(row["name"], marker, row["size"], alive, row["finished"]))
@@ -85,14 +89,14 @@ _TEMPLATE_NAME = re.compile(r"pgtemplate_tpl_[0-9a-f]{20}")
 _WORKER_NAME = re.compile(r"pgtemplate_([0-9a-f]{12})_([a-z0-9_]+?)(_spare|_empty\d+)?")
 
 
-def _unmarked(name: str) -> Marker | None:
+def _unmarked(name: str) -> DatabaseTag | None:
     """A template whose builder died between CREATE DATABASE and its COMMENT, or a worker's."""
     if _TEMPLATE_NAME.fullmatch(name):
-        return Marker("template")
+        return DatabaseTag("template")
     return _unmarked_worker(name)
 
 
-def _unmarked_worker(name: str) -> Marker | None:
+def _unmarked_worker(name: str) -> DatabaseTag | None:
     """A worker database (or spare) whose process died between CREATE DATABASE and its COMMENT.
 
     The two cannot share a transaction. The worker takes its liveness lock before creating the
@@ -104,10 +108,10 @@ def _unmarked_worker(name: str) -> Marker | None:
     if match is None or re.search(r"_failed\d+$", name):
         return None
     owner = name.removesuffix(match[3]) if match[3] else name
-    return Marker("worker", run_id=match[1], owner=owner)
+    return DatabaseTag("worker", run_id=match[1], owner=owner)
 
 
-def _alive(marker: Marker, name: str, held: set[tuple[int, int]]) -> bool:
+def _alive(marker: DatabaseTag, name: str, held: set[tuple[int, int]]) -> bool:
     if marker.kind == "template":
         return (TEMPLATE_USE_CLASS, lock_key(name)) in held
     return (LIVENESS_CLASS, lock_key(marker.owner or name)) in held
@@ -195,4 +199,16 @@ async def _still_ours(admin: asyncpg.Connection, entry: Entry) -> bool:
         return False
     if row["comment"] is None:
         return _unmarked(entry.name) is not None
-    return Marker.from_comment(row["comment"]) == entry.marker
+    return DatabaseTag.from_comment(row["comment"]) == entry.marker
+
+
+def drop_quietly(server: Server, choose: Callable[[list[Entry]], list[Entry]], what: str) -> None:
+    """List, choose, drop; what fails is a line at the end of the run, never a test failure."""
+    try:
+        admin = server.admin()
+        result = server.run(drop_entries(admin, choose(server.run(inventory(admin)))))
+    except DRIVER_ERRORS as exc:
+        server.report.record(Problem(f"{what} failed: {type(exc).__name__}: {exc}"))
+        return
+    for line in result.refused:
+        server.report.record(Problem(f"{what}: left {line}"))

@@ -18,17 +18,21 @@ from pathlib import Path
 
 import asyncpg
 from filelock import FileLock, Timeout
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from . import databases
 from ._version import __version__
 from .aio import BackgroundLoop
+from .claim import Claim, build_lock_key
 from .errors import LockTimeoutError, MigrationError, PgTemplateError
 from .fingerprint import hash_parts
-from .lease import Lease, build_lock_key
 from .migrators import Migrator, Verified
-from .naming import Marker, now_iso
+from .naming import DatabaseTag, now_iso, template_name
+from .report import TemplateReady
 from .reset.install import install
+from .server.admin import driver_errors
+from .server.connection import Server
+from .sweep import drop_quietly, surplus_templates
 from .urls import for_database, libpq
 
 TRACKING_VERSION = "1"
@@ -44,6 +48,48 @@ class TemplateInfo:
     reused: bool
     """True when an earlier run or another worker built it; False when this process did."""
     build_seconds: float = 0.0
+    heads: tuple[str, ...] = ()
+    """The alembic heads it holds; more than one is a deploy's ``alembic upgrade head`` failing."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What a build needs beyond the migrations: where its lock is, whose templates they are."""
+
+    lock_dir: Path
+    """Shared by every worker of the run (it holds the file lock)."""
+    lock_timeout: float
+    project: str
+    keep_templates: int
+
+
+def template_for(server: Server, migrator: Migrator, options: BuildOptions) -> TemplateInfo:
+    """The finished template of these migrations on ``server``: looked up, or built; a build
+    drops the project's templates beyond the newest ``keep_templates``."""
+    fingerprint = template_fingerprint(migrator, server.major, server.role)
+    request = BuildRequest(
+        name=template_name(fingerprint),
+        fingerprint=fingerprint,
+        server_url=make_url(server.url),
+        migrator=migrator,
+        lock_dir=options.lock_dir,
+        lock_timeout=options.lock_timeout,
+        run_id=server.run_id,
+        project=options.project,
+    )
+    with driver_errors(
+        f"looking up or building template {request.name}",
+        "The half-built template, if any, was dropped; see the server's log.",
+    ):
+        info = ensure_template(server.loop, server.admin(), server.claim, request)
+    if not info.reused:
+        drop_quietly(
+            server,
+            lambda entries: surplus_templates(entries, options.project, options.keep_templates),
+            "dropping old templates",
+        )
+    server.report.record(TemplateReady(info.name, not info.reused, info.build_seconds))
+    return replace(info, heads=migrator.expected_heads() or ())
 
 
 @dataclass(frozen=True)
@@ -78,7 +124,7 @@ def template_fingerprint(migrator: Migrator, server_major: int, role: str = "") 
 
 
 def ensure_template(
-    loop: BackgroundLoop, admin: asyncpg.Connection, lease: Lease, request: BuildRequest
+    loop: BackgroundLoop, admin: asyncpg.Connection, lease: Claim, request: BuildRequest
 ) -> TemplateInfo:
     """Return the finished template, building it under both locks if nobody has yet.
 
@@ -106,7 +152,7 @@ def _trusted(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequ
 
 def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest) -> TemplateInfo:
     started = time.perf_counter()
-    marker = Marker(
+    marker = DatabaseTag(
         "template", fingerprint=request.fingerprint, project=request.project, created=now_iso()
     )
     loop.run(databases.create_empty(admin, request.name, marker))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
+
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -67,3 +70,10 @@ def export_values(entries: tuple[str, ...], url: str) -> dict[str, str]:
         name, _, field = entry.partition("=")
         values[name] = parts[field.strip("{}")] if field else url
     return values
+
+
+def export_env(
+    entries: tuple[str, ...], url: str, environ: MutableMapping[str, str] = os.environ
+) -> None:
+    """``pgtemplate_export_env``: the variables an application reads its database from."""
+    environ.update(export_values(entries, url))

@@ -10,23 +10,26 @@ test, and swapped in by rename.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from sqlalchemy.engine import make_url
 
 from . import databases
-from .aio import BackgroundLoop
-from .databases import CloneOptions
+from .databases import CloneOptions, clone_options
 from .errors import PgTemplateError, ResetError
-from .lease import Lease
-from .naming import Marker, kept_name, quote_ident, spare_name
+from .naming import DatabaseTag, empty_name, kept_name, now_iso, quote_ident, spare_name
+from .report import WorkerCloned
 from .reset.resetter import Known, LeakedBackend, ResetOutcome, Resetter, open_resetter
 from .server.admin import DRIVER_ERRORS, connect, driver_errors
+from .server.connection import Server
+from .template import TemplateInfo
 from .urls import for_database, libpq, with_driver
+
+_SEE_LOG = "See the server's log; the run drops what it created."
 
 _RECLONE = "it will be re-cloned from the template before the next test"
 
@@ -37,10 +40,8 @@ class Origin:
 
     server_url: str
     template: str
-    marker: Marker
+    tag: DatabaseTag
     clone: CloneOptions
-    connect_timeout: float
-    leak_grace: float
     watch_databases: bool = False
     """Report databases that appear on the server (the plugin's own server: nobody else's)."""
 
@@ -59,7 +60,9 @@ class WorkerDatabase:
     name: str
     url: str = field(repr=False)  # they may carry a password: never in a test's report
     sync_url: str = field(repr=False)
-    _slot: _Slot | None = field(default=None, repr=False)
+    _slot: _Clone | None = field(default=None, repr=False)
+    _server: Server | None = field(default=None, repr=False)
+    """For a database without a reset (``pg_empty_database``): where to drop it."""
 
     @property
     def libpq_url(self) -> str:
@@ -67,7 +70,7 @@ class WorkerDatabase:
 
     @property
     def has_state(self) -> bool:
-        """Made by the plugin's fixture chain (it can reset, recreate, keep and drop itself)."""
+        """Made by the plugin's fixture chain (it can reset, recreate and keep itself)."""
         return self._slot is not None
 
     @property
@@ -106,8 +109,10 @@ class WorkerDatabase:
     def drop(self) -> None:
         if self._slot is not None:
             self._slot.drop()
+        elif self._server is not None:
+            self._server.drop_own(self.name)
 
-    def _state(self) -> _Slot:
+    def _state(self) -> _Clone:
         if self._slot is None:
             raise PgTemplateError(
                 f"{self.name} was not created by pytest-pgtemplate's pg_worker_database fixture; "
@@ -122,32 +127,72 @@ def worker_database(server_url: str, name: str) -> WorkerDatabase:
     return WorkerDatabase(name, with_driver(url, "asyncpg"), with_driver(url, "psycopg"))
 
 
-def create_worker_database(
-    database: WorkerDatabase,
-    origin: Origin,
-    *,
-    loop: BackgroundLoop,
-    lease: Lease,
-    admin: Callable[[], asyncpg.Connection],
-    on_reset: Callable[[], None],
+def clone_worker(
+    server: Server, template: TemplateInfo, *, name: str, project: str
 ) -> WorkerDatabase:
-    """Claim the name, register for dropping, then clone: a failure leaves nothing undroppable."""
-    loop.run(lease.claim(database.name))
-    slot = _Slot(database.name, origin, loop, lease, admin, on_reset)
+    """Claim the name, register it for dropping, then clone: a failure leaves nothing
+    undroppable. Cloning copies the tracking too: the worker reads the layout, copies nothing."""
+    database = worker_database(server.url, name)
+    tag = DatabaseTag(
+        "worker",
+        run_id=server.run_id,
+        template=template.name,
+        owner=name,
+        project=project,
+        created=now_iso(),
+    )
+    size = template_bytes(server, template.name)
+    origin = Origin(
+        server_url=server.url,
+        template=template.name,
+        tag=tag,
+        clone=clone_options(server.info, template_bytes=size),
+        watch_databases=server.started_by_plugin,
+    )
+    started = time.perf_counter()
+    for each in (name, spare_name(name)):
+        server.register(each)
+    server.run(server.claim.claim(name))
+    slot = _Clone(name, origin, server)
     database._slot = slot
     slot.create()
+    server.report.record(WorkerCloned(time.perf_counter() - started, origin.clone.describe()))
     return database
 
 
+def empty_database(server: Server, *, owner: str, number: int, project: str) -> WorkerDatabase:
+    """From template0, owned by the role in use; claimed like the worker's, so swept alike."""
+    database = worker_database(server.url, empty_name(owner, number))
+    database._server = server
+    tag = DatabaseTag(
+        "worker", run_id=server.run_id, owner=owner, project=project, created=now_iso()
+    )
+    server.register(database.name)
+    with driver_errors(f"creating the empty database {database.name}", _SEE_LOG):
+        server.run(server.claim.claim(owner))
+        clone = databases.clone(
+            server.admin(), "template0", database.name, tag, clone_options(server.info)
+        )
+        server.run(clone)
+    return database
+
+
+def template_bytes(server: Server, template: str) -> int | None:
+    """Only where it decides the clone method: a reflinking data directory with fsync on."""
+    if not (server.info.reflink and server.fsync):
+        return None
+    size = "SELECT pg_database_size(oid) FROM pg_database WHERE datname = $1"
+    try:
+        return int(server.run(server.admin().fetchval(size, template)))
+    except (*DRIVER_ERRORS, TypeError):
+        return None
+
+
 @dataclass
-class _Slot:
+class _Clone:
     name: str
     origin: Origin
-    loop: BackgroundLoop
-    lease: Lease
-    _admin: Callable[[], asyncpg.Connection]
-    """The process's admin connection (reconnected when lost); never the lease's."""
-    on_reset: Callable[[], None]
+    server: Server
     resetter: Resetter | None = None
     known: Known | None = None
     """The template's layout and the clone's own settings: kept across reconnects and clones."""
@@ -167,13 +212,13 @@ class _Slot:
 
     def ensure_clean(self) -> ResetOutcome:
         self.epoch += 1
-        self.loop.run(self.lease.ensure(verify=True))
+        self.server.run(self.server.claim.ensure(verify=True))
         if self.dirty:
             return ResetOutcome(self.recreate())
         return self._run_reset(lambda resetter: resetter.ensure_pristine())
 
     def reset(self, strategy: str) -> ResetOutcome:
-        self.on_reset()
+        self.server.report.resets += 1
         if strategy == "recreate":
             return ResetOutcome(self.recreate())
         return self._run_reset(lambda resetter: resetter.reset(strategy))
@@ -181,12 +226,12 @@ class _Slot:
     def _run_reset(
         self, action: Callable[[Resetter], Coroutine[Any, Any, ResetOutcome]]
     ) -> ResetOutcome:
-        self.loop.run(self.lease.ensure())
+        self.server.run(self.server.claim.ensure())
         try:
             if self.resetter is None:
                 self._open_resetter()
             assert self.resetter is not None
-            outcome = self.loop.run(action(self.resetter))
+            outcome = self.server.run(action(self.resetter))
         except (*DRIVER_ERRORS, ResetError) as exc:
             self.dirty = True
             self.close_connection()
@@ -203,10 +248,12 @@ class _Slot:
         self.close_connection()
         self.generation += 1
         with self._errors(f"re-cloning {self.name} from {self.origin.template}"):
-            self.loop.run(self.lease.ensure())
-            self.loop.run(databases.drop_own(self._admin(), self.name, self._run_id))
+            self.server.run(self.server.claim.ensure())
+            self.server.run(databases.drop_own(self.server.admin(), self.name, self._run_id))
             if self._take_spare():
-                self.loop.run(self._admin().execute(_rename(spare_name(self.name), self.name)))
+                self.server.run(
+                    self.server.admin().execute(_rename(spare_name(self.name), self.name))
+                )
             else:
                 self._clone(self.name)
             self.dirty = False
@@ -217,7 +264,7 @@ class _Slot:
 
     def prepare_spare(self) -> None:
         if self._spare is None:
-            self._spare = self.loop.submit(self._clone_spare())
+            self._spare = self.server.loop.submit(self._clone_spare())
 
     def keep_copy(self) -> str:
         """Copy the database as the failed test left it; a copy needs every connection gone."""
@@ -226,53 +273,51 @@ class _Slot:
         self.close_connection()
         self.generation += 1  # the copy ends every connection, pooled ones too
         with self._errors(f"keeping a copy of {self.name} as {name}"):
-            admin = self._admin()
-            self.loop.run(databases.terminate_connections(admin, self.name))
-            marker = Marker(
+            admin = self.server.admin()
+            self.server.run(databases.terminate_connections(admin, self.name))
+            tag = DatabaseTag(
                 "kept",
                 run_id=self._run_id,
                 template=self.origin.template,
-                project=self.origin.marker.project,
+                project=self.origin.tag.project,
             )
-            self.loop.run(databases.clone(admin, self.name, name, marker, self.origin.clone))
+            self.server.run(databases.clone(admin, self.name, name, tag, self.origin.clone))
         return libpq(for_database(make_url(self.origin.server_url), name))
 
     def drop(self) -> None:
         self.close_connection()
         self._take_spare()
-        with self._errors(f"dropping {self.name}"):
-            self.loop.run(self.lease.ensure())
-            for name in (spare_name(self.name), self.name):
-                self.loop.run(databases.drop_own(self._admin(), name, self._run_id))
+        for name in (spare_name(self.name), self.name):
+            self.server.drop_own(name)
 
     def close_connection(self) -> None:
         resetter, self.resetter = self.resetter, None
         if resetter is not None:
             try:
-                self.loop.run(resetter.close())
+                self.server.run(resetter.close())
             except DRIVER_ERRORS:
                 resetter.conn.terminate()
 
     @property
     def _run_id(self) -> str:
-        return self.origin.marker.run_id
+        return self.origin.tag.run_id
 
     def _errors(self, action: str) -> AbstractContextManager[None]:
-        return driver_errors(action, "See the server's log; the run drops what it created.")
+        return driver_errors(action, _SEE_LOG)
 
     def _clone(self, name: str) -> None:
         origin = self.origin
-        self.loop.run(
-            databases.clone(self._admin(), origin.template, name, origin.marker, origin.clone)
+        self.server.run(
+            databases.clone(self.server.admin(), origin.template, name, origin.tag, origin.clone)
         )
 
     async def _clone_spare(self) -> None:
         """On a connection of its own: the admin connection stays free for the foreground."""
         origin, name = self.origin, spare_name(self.name)
-        conn = await connect(make_url(origin.server_url), origin.connect_timeout)
+        conn = await connect(make_url(origin.server_url), self.server.connect_timeout)
         try:
             await databases.drop_own(conn, name, self._run_id)
-            await databases.clone(conn, origin.template, name, origin.marker, origin.clone)
+            await databases.clone(conn, origin.template, name, origin.tag, origin.clone)
         finally:
             await conn.close()
 
@@ -290,21 +335,20 @@ class _Slot:
         if self.resetter is None:
             return ()
         try:
-            return self.loop.run(self.resetter.end_leaked_backends())
+            return self.server.run(self.resetter.end_leaked_backends())
         except DRIVER_ERRORS:
             return ()
 
     def _open_resetter(self) -> None:
         origin = self.origin
         dsn = libpq(for_database(make_url(origin.server_url), self.name))
-        self.resetter = self.loop.run(
+        self.resetter = self.server.run(
             open_resetter(
                 dsn,
                 self.name,
-                origin.connect_timeout,
+                self.server.connect_timeout,
                 self.known,
                 fresh=self.fresh,
-                leak_grace=origin.leak_grace,
                 watch_databases=origin.watch_databases,
             )
         )

@@ -35,14 +35,12 @@ def build_migrator(settings: Settings, rootdir: Path) -> Migrator:
             rootdir=rootdir,
             fingerprint_paths=settings.fingerprint_paths,
             alembic_ini=settings.alembic_ini,
-            allow_empty=settings.allow_empty_template,
         )
     if settings.metadata:
         return MetadataMigrator(
             settings.metadata,
             settings.export_env,
             alembic_ini=settings.alembic_ini,
-            allow_empty=settings.allow_empty_template,
         )
     assert settings.alembic_ini is not None, "resolve() always gives alembic an ini path"
     return AlembicMigrator(settings.alembic_ini, settings.export_env)

@@ -28,7 +28,7 @@ class Verified:
 
     @property
     def marker_text(self) -> str:
-        """The form for ``Marker.alembic``: space separated, empty when there is no version."""
+        """The form for ``DatabaseTag.alembic``: space separated, empty when there is no version."""
         return " ".join(self.alembic_heads or ())
 
 
@@ -54,7 +54,7 @@ class Migrator(Protocol):
         Cheap (no alembic import, revision files read as text)."""
 
     def heads_match(self, recorded: str) -> bool:
-        """Whether a finished template whose marker records ``recorded`` (``Marker.alembic``,
+        """Whether a finished template whose marker records ``recorded`` (``DatabaseTag.alembic``,
         space separated, "" for none) is still at the migrations' head(s).
 
         The core refuses (rebuilds) a finished template for which this is False."""

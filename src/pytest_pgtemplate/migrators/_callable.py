@@ -33,7 +33,6 @@ class CallableMigrator:
     rootdir: Path = field(default_factory=Path.cwd)
     fingerprint_paths: tuple[str, ...] = ()
     alembic_ini: Path | None = None
-    allow_empty: bool = False
     _package: PackageFiles | None = field(default=None, init=False, repr=False)
 
     def describe(self) -> str:
@@ -91,7 +90,7 @@ class CallableMigrator:
                 ) from exc
 
     def verify(self, url: URL) -> Verified:
-        return check_contents(url, self.spec, self.allow_empty, self.alembic_ini)
+        return check_contents(url, self.spec, self.alembic_ini)
 
     def _alembic_parts(self) -> list[tuple[str, bytes]]:
         if self.alembic_ini is None:

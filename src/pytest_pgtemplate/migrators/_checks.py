@@ -13,10 +13,11 @@ from ._inspect import inspect_database
 from ._scripts import AlembicScripts
 
 
-def check_contents(url: URL, what: str, allow_empty: bool, alembic_ini: Path | None) -> Verified:
-    """At least one table (unless allowed); if alembic ran, the script directory's head(s)."""
+def check_contents(url: URL, what: str, alembic_ini: Path | None) -> Verified:
+    """At least one object of the application's (a table, a function, a type, an extension, a
+    schema); if alembic ran, the script directory's head(s)."""
     contents = inspect_database(url)
-    if contents.tables == 0 and not allow_empty:
+    if contents.objects == 0:
         raise MigrationError(empty_message(str(url.database), what))
     if alembic_ini is not None and contents.revisions is not None:
         scripts = AlembicScripts(alembic_ini)

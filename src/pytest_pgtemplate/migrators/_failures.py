@@ -148,11 +148,11 @@ def elsewhere_message(
 
 def empty_message(template: str, what: str) -> str:
     return (
-        f"{what} finished, but the template {template} has no table: it probably built the "
-        "schema in another database (the application's own settings, e.g. DATABASE_URL, "
-        "instead of the URL it was given). Fix: use the URL the plugin passes, or set "
-        "pgtemplate_export_env = DATABASE_URL; if an empty schema is intended, set "
-        "pgtemplate_allow_empty_template = true. The template was dropped, not trusted."
+        f"{what} finished, but the template {template} is empty (no table, view, function, "
+        "type, schema or extension): it probably built the schema in another database (the "
+        "application's own settings, e.g. DATABASE_URL, instead of the URL it was given). Fix: "
+        "use the URL the plugin passes, or set pgtemplate_export_env = DATABASE_URL. The "
+        "template was dropped, not trusted."
     )
 
 

@@ -34,11 +34,27 @@ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
 """
 
 
+_OBJECTS = """
+SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%')
+     + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+     + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        WHERE t.typtype IN ('e', 'd', 'c', 'r', 'm') AND t.typrelid = 0
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema'))
+     + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
+     + (SELECT count(*) FROM pg_namespace WHERE nspname NOT IN
+          ('pg_catalog', 'information_schema', 'public') AND nspname NOT LIKE 'pg\\_%')
+"""
+
+
 @dataclass(frozen=True)
 class Contents:
     revisions: tuple[str, ...] | None
     version_tables: tuple[str, ...]
     tables: int
+    objects: int = 0
+    """Anything of the application's, version tables left out."""
 
     def verified(self) -> Verified:
         return Verified(self.revisions, self.tables)
@@ -58,7 +74,8 @@ async def _inspect(url: URL) -> Contents:
             table = f"{quote_ident(row['schema'])}.{quote_ident(row['name'])}"
             revisions.update(r[0] for r in await conn.fetch(f"SELECT version_num FROM {table}"))
         tables = int(await conn.fetchval(_USER_TABLES)) - len(found)
+        objects = int(await conn.fetchval(_OBJECTS)) - len(found)
     finally:
         await conn.close()
     names = tuple(f"{row['schema']}.{row['name']}" for row in found)
-    return Contents(tuple(sorted(revisions)) if found else None, names, tables)
+    return Contents(tuple(sorted(revisions)) if found else None, names, tables, objects)

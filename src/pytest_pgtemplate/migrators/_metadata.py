@@ -29,7 +29,6 @@ class MetadataMigrator:
     spec: str
     export_env: tuple[str, ...] = ()
     alembic_ini: Path | None = None
-    allow_empty: bool = False
     _metadata: MetaData | None = field(default=None, init=False, repr=False)
 
     def describe(self) -> str:
@@ -70,7 +69,7 @@ class MetadataMigrator:
                 ) from exc
 
     def verify(self, url: URL) -> Verified:
-        return check_contents(url, f"create_all of {self.spec}", self.allow_empty, self.alembic_ini)
+        return check_contents(url, f"create_all of {self.spec}", self.alembic_ini)
 
 
 def metadata_ddl(metadata: MetaData) -> list[tuple[str, bytes]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from ..errors import ResetError
-from ..naming import Marker, quote_literal
+from ..naming import DatabaseTag, quote_literal
 from .check import Backend, Changes, Watch, check
 from .layout import Layout
 from .restore import RestoreStats, restore, settings_statements
@@ -110,7 +110,7 @@ async def _refuse_foreign(conn: asyncpg.Connection, database: str) -> None:
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
         " WHERE datname = current_database()"
     )
-    marker = Marker.from_comment(comment)
+    marker = DatabaseTag.from_comment(comment)
     if (
         marker is None
         or marker.kind != "worker"

@@ -1,8 +1,10 @@
 """The server a run works on, as the ``pg_server`` fixture hands it on.
 
-It carries what the server is plus this process's admin connection and lease, so that every
-link downstream (template, worker database, empty databases) asks the object it is given, and a
-conftest that returns its own ``Server`` (say, for a container it started) redirects them all.
+It carries what the server is, this process's admin connection and claim, the databases this
+process created there (registered before each CREATE, so the end of the run drops them even
+after a fixture failed half-way) and the report its work is recorded in. Every link downstream
+(template, worker database, empty databases) asks the object it is given, so a conftest that
+returns its own ``Server`` (say, for a container it started) redirects them all.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from .. import databases
 from ..aio import BackgroundLoop, process_loop
-from ..lease import Lease
+from ..claim import Claim
+from ..report import Report
 from ..urls import libpq, parse_server_url
-from .admin import ServerInfo, connect, describe
+from .admin import ServerInfo, connect, describe, driver_errors
 
 T = TypeVar("T")
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -35,8 +39,12 @@ class Server:
     info: ServerInfo
     loop: BackgroundLoop = field(default_factory=process_loop, repr=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    report: Report = field(default_factory=Report, repr=False)
+    run_id: str = ""
+    """The run whose claims this process holds here; set when the run adopts the server."""
     _admin: asyncpg.Connection | None = field(default=None, repr=False)
-    _lease: Lease | None = field(default=None, repr=False)
+    _claim: Claim | None = field(default=None, repr=False)
+    _created: dict[str, None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def connect(
@@ -47,7 +55,7 @@ class Server:
         started_by_plugin: bool = False,
         loop: BackgroundLoop | None = None,
     ) -> Server:
-        """Connect as administrator, check the role's rights, and take this process's lease."""
+        """Connect as administrator, check the role's rights, and take this process's claim."""
         loop = loop or process_loop()
         parsed = parse_server_url(url)
         admin = loop.run(connect(parsed, connect_timeout))
@@ -56,8 +64,8 @@ class Server:
         except BaseException:
             loop.run(admin.close())
             raise
-        server = cls(info, loop, connect_timeout, admin)
-        server.run(server.lease.ensure())
+        server = cls(info, loop, connect_timeout, _admin=admin)
+        server.run(server.claim.ensure())
         return server
 
     @property
@@ -98,14 +106,14 @@ class Server:
         return self.info.role
 
     @property
-    def lease(self) -> Lease:
+    def claim(self) -> Claim:
         """The one connection that holds this process's advisory locks on this server."""
-        if self._lease is None:
-            self._lease = Lease(make_url(self.info.url), self.connect_timeout)
-        return self._lease
+        if self._claim is None:
+            self._claim = Claim(make_url(self.info.url), self.connect_timeout)
+        return self._claim
 
     def admin(self) -> asyncpg.Connection:
-        """The admin connection, reconnected if the server ended it; never the lease's."""
+        """The admin connection, reconnected if the server ended it; never the claim's."""
         if self._admin is None or self._admin.is_closed():
             self._admin = self.loop.run(connect(make_url(self.info.url), self.connect_timeout))
         return self._admin
@@ -114,12 +122,33 @@ class Server:
         """Run database work on the plugin's background loop (fixtures are synchronous)."""
         return self.loop.run(coro)
 
+    def register(self, name: str) -> None:
+        """Before a CREATE DATABASE: whatever happens next, the end of the run drops it."""
+        self._created[name] = None
+
+    def drop_own(self, name: str) -> None:
+        """Drop a database this run created, proving it by its tag right then (and claim)."""
+        self._created.pop(name, None)
+        with driver_errors(
+            f"dropping {name}", "See the server's log; the run drops what it created."
+        ):
+            self.run(self.claim.ensure())
+            self.run(databases.drop_own(self.admin(), name, self.run_id))
+
     def close(self) -> None:
-        """Release the lease (and with it every claim) and the admin connection; idempotent."""
+        """Drop what this process registered and did not drop yet, then release the claim (and
+        with it every lock) and the admin connection; idempotent."""
+        try:
+            for name in list(self._created):
+                self.drop_own(name)
+        finally:
+            self._close_connections()
+
+    def _close_connections(self) -> None:
         admin, self._admin = self._admin, None
         try:
-            if self._lease is not None:
-                self.run(self._lease.close())
+            if self._claim is not None:
+                self.run(self._claim.close())
         finally:
             if admin is not None and not admin.is_closed():
                 try:

@@ -1,4 +1,4 @@
-"""The embedded server's postmaster as a process: its pidfile, readiness, stopping; the reaper.
+"""The own server's postmaster as a process: its pidfile, readiness, stopping; the reaper.
 
 Run as a script, ``python reaper.py OWNER_PID OWNER_STARTED DATA_DIR`` guards one slot from the
 moment it is claimed, before initdb and ``pg_ctl start``: a run killed anywhere during start-up

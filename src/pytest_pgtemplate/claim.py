@@ -31,7 +31,7 @@ _SESSION_SETUP = (
 )
 
 
-class LeaseLostError(PgTemplateError):
+class ClaimLostError(PgTemplateError):
     """The lease's locks could not be taken again: another process claims this run's names."""
 
 
@@ -48,7 +48,7 @@ def build_lock_key(name: str) -> tuple[int, int]:
 
 
 @dataclass
-class Lease:
+class Claim:
     url: URL
     connect_timeout: float
     owned: set[str] = field(default_factory=set)
@@ -73,7 +73,7 @@ class Lease:
         await _refuse_transaction_pooling(self._conn, self.url)
         for name in sorted(self.owned):
             if not await self._try_lock(LIVENESS_CLASS, name):
-                raise LeaseLostError(
+                raise ClaimLostError(
                     f"the connection that held this run's claim on {name} was lost, and another "
                     "process has claimed it since; stop this run and start it again"
                 )

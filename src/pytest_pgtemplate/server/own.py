@@ -39,7 +39,7 @@ _READY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
-class EmbeddedServer:
+class OwnServer:
     """A server this module started; ``url`` is its maintenance database, password included.
 
     The password is no field of ``owner.json`` (the slot, where that lies, belongs to the
@@ -87,9 +87,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-pgtemplate"
 
 
-def start(
-    binaries: Binaries, *, cache: Path, owner_pid: int, fresh: bool = False
-) -> EmbeddedServer:
+def start(binaries: Binaries, *, cache: Path, owner_pid: int, fresh: bool = False) -> OwnServer:
     """Start a server for the run ``owner_pid`` in the first slot no live run owns.
 
     The slot's data dir is reused when sound (``warm``), rebuilt when not or when ``fresh``.
@@ -115,7 +113,7 @@ def start(
     return server
 
 
-def stop(server: EmbeddedServer) -> None:
+def stop(server: OwnServer) -> None:
     """Stop ``server`` and free its slot; the data dir stays for the next warm start."""
     stop_data_dir(server.data_dir)
 
@@ -130,7 +128,7 @@ def stop_data_dir(data_dir: Path) -> None:
     (data_dir.parent / "owner.json").unlink(missing_ok=True)
 
 
-def read_running(cache: Path, owner_pid: int) -> EmbeddedServer | None:
+def read_running(cache: Path, owner_pid: int) -> OwnServer | None:
     """The live server that run ``owner_pid`` started under ``cache``, if any."""
     for path in sorted(cache.expanduser().resolve().glob("*/slot*/owner.json")):
         record = reaper.load_owner(path.parent)
@@ -155,7 +153,7 @@ def _claim_slot(base: Path, owner_pid: int, run_as: RunAs | None) -> Path:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _save_owner(slot: Path, owner_pid: int, server: EmbeddedServer | None) -> None:
+def _save_owner(slot: Path, owner_pid: int, server: OwnServer | None) -> None:
     record: dict[str, Any] = {
         "owner_pid": owner_pid,
         "owner_started": reaper.process_started(owner_pid),
@@ -163,7 +161,7 @@ def _save_owner(slot: Path, owner_pid: int, server: EmbeddedServer | None) -> No
     }
     if server is not None:
         fields = asdict(server)
-        del fields["password"]  # see EmbeddedServer
+        del fields["password"]  # see OwnServer
         record["port"] = server.port
         record["server"] = json.loads(json.dumps(fields, default=str))
     temporary = slot / f"owner.json.{os.getpid()}"
@@ -171,17 +169,17 @@ def _save_owner(slot: Path, owner_pid: int, server: EmbeddedServer | None) -> No
     temporary.replace(slot / "owner.json")
 
 
-def _server_from(fields: dict[str, Any]) -> EmbeddedServer:
+def _server_from(fields: dict[str, Any]) -> OwnServer:
     found = fields["binaries"]
     binaries = Binaries(Path(found["bin_dir"]), found["version"], found["major"], found["origin"])
     paths = {"data_dir": Path(fields["data_dir"]), "socket_dir": Path(fields["socket_dir"])}
     password = auth.read_password(paths["data_dir"].parent) or ""
-    return EmbeddedServer(**{**fields, **paths, "binaries": binaries, "password": password})
+    return OwnServer(**{**fields, **paths, "binaries": binaries, "password": password})
 
 
 def _start_in(
     slot: Path, binaries: Binaries, run_as: RunAs | None, *, fresh: bool, began: float
-) -> EmbeddedServer:
+) -> OwnServer:
     """Start in a claimed slot: stop a dead run's server, then reuse or rebuild the data dir."""
     data = slot / "data"
     if not reaper.halt(data, immediate=True):
@@ -199,7 +197,7 @@ def _start_in(
     os_user = run_as.name if run_as else _user_name(os.geteuid())
     elapsed = time.perf_counter() - began
     pid, port = launched
-    return EmbeddedServer(
+    return OwnServer(
         data, socket_dir, port, SUPERUSER, pid, warm, elapsed, binaries, os_user, password
     )
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from ..errors import LockTimeoutError
 from ..urls import redacted
 from .binaries import find_binaries
-from .embedded import EmbeddedServer, cache_root, read_running, start, stop
+from .own import OwnServer, cache_root, read_running, start, stop
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class LocalServerRequest:
 
 def ensure_started(
     request: LocalServerRequest, lock_dir: Path, timeout: float
-) -> tuple[EmbeddedServer, bool]:
+) -> tuple[OwnServer, bool]:
     """The run's server, and whether this call started it."""
     lock = FileLock(str(lock_dir / "pgtemplate-server.lock"), timeout=timeout)
     try:
@@ -50,7 +50,7 @@ def ensure_started(
         ) from None
 
 
-def start_now(request: LocalServerRequest) -> EmbeddedServer:
+def start_now(request: LocalServerRequest) -> OwnServer:
     binaries = find_binaries(request.bin_dir)
     return start(binaries, cache=request.cache, owner_pid=request.owner_pid, fresh=request.fresh)
 
@@ -62,7 +62,7 @@ def stop_owned(request: LocalServerRequest) -> None:
         stop(running)
 
 
-def describe(server: EmbeddedServer, *, started_here: bool) -> str:
+def describe(server: OwnServer, *, started_here: bool) -> str:
     """The header's and the end line's words for the server; its password masked (``***``)."""
     binaries = server.binaries
     how = (
@@ -71,6 +71,6 @@ def describe(server: EmbeddedServer, *, started_here: bool) -> str:
         else "started by another worker"
     )
     return (
-        f"embedded PostgreSQL {binaries.version} ({binaries.origin}: {binaries.bin_dir}; {how}) "
+        f"own PostgreSQL {binaries.version} ({binaries.origin}: {binaries.bin_dir}; {how}) "
         f"at {redacted(make_url(server.url))}"
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import InnerProject
-from pytest_pgtemplate.server.embedded import stop_data_dir
+from pytest_pgtemplate.server.own import stop_data_dir
 
 USES_DATABASE = """
     import pytest
@@ -72,8 +72,8 @@ def test_no_url_starts_one_server_for_the_run_then_warm_restarts(
     first.assert_outcomes(passed=4)
     first.stdout.fnmatch_lines(
         [
-            "pgtemplate: server embedded, started on first use*",
-            "pgtemplate: embedded PostgreSQL * (*; cold start in *) at postgresql://*; template "
+            "pgtemplate: server own, started on first use*",
+            "pgtemplate: own PostgreSQL * (*; cold start in *) at postgresql://*; template "
             "* built by gw*",
         ]
     )
@@ -83,15 +83,6 @@ def test_no_url_starts_one_server_for_the_run_then_warm_restarts(
     second.stdout.fnmatch_lines(["*warm start in *reused (no migration ran)*"])
     assert project.migrations_run() == 1
     assert postgres_processes(cache_dir) == 0
-
-
-def test_fresh_server_ignores_the_cache(project: InnerProject, cache_dir: Path) -> None:
-    use_local_server(project, cache_dir)
-    project.write_tests(USES_DATABASE)
-    project.run("-p", "no:xdist").assert_outcomes(passed=4)
-    fresh = project.run("-p", "no:xdist", "--pgtemplate-fresh-server")
-    fresh.stdout.fnmatch_lines(["*cold start in *built by main*"])
-    assert project.migrations_run() == 2
 
 
 def test_export_env_starts_the_server_before_modules_import(

@@ -1,4 +1,4 @@
-"""The embedded server engine, driven directly with real processes: start, stop, recover."""
+"""The own server engine, driven directly with real processes: start, stop, recover."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ import pytest
 from pytest_pgtemplate import ConfigurationError
 from pytest_pgtemplate.server import reaper as _reaper
 from pytest_pgtemplate.server.binaries import Binaries, find_binaries
-from pytest_pgtemplate.server.embedded import (
-    EmbeddedServer,
+from pytest_pgtemplate.server.osuser import server_user
+from pytest_pgtemplate.server.own import (
+    OwnServer,
     read_running,
     start,
     stop,
     stop_data_dir,
 )
-from pytest_pgtemplate.server.osuser import server_user
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "pytest_pgtemplate"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -83,7 +83,7 @@ def _fetch(url: str, query: str) -> Any:
     return asyncio.run(run())
 
 
-def _has_database(server: EmbeddedServer, name: str) -> bool:
+def _has_database(server: OwnServer, name: str) -> bool:
     query = f"SELECT count(*) FROM pg_database WHERE datname = '{name}'"
     return bool(_fetch(server.url, query))
 
@@ -112,7 +112,7 @@ def _spawn_owner(cache: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     script = (
         "import json, os, sys, time; from pathlib import Path\n"
         "from pytest_pgtemplate.server.binaries import find_binaries\n"
-        "from pytest_pgtemplate.server.embedded import start\n"
+        "from pytest_pgtemplate.server.own import start\n"
         "s = start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=os.getpid())\n"
         "print(json.dumps({'data_dir': str(s.data_dir), 'pid': s.pid}), flush=True)\n"
         "time.sleep(600)\n"
@@ -330,7 +330,7 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
         "auth.py",
         "binaries.py",
         "cluster.py",
-        "embedded.py",
+        "own.py",
         "osuser.py",
         "reaper.py",
         "usercopy.py",
@@ -342,7 +342,7 @@ def test_non_root_user_starts_and_stops(cache: Path) -> None:
     script = (
         "import json, os, sys; from pathlib import Path\n"
         "from pytest_pgtemplate.server.binaries import find_binaries\n"
-        "from pytest_pgtemplate.server.embedded import start, stop\n"
+        "from pytest_pgtemplate.server.own import start, stop\n"
         "s = start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=os.getpid())\n"
         "mode = os.stat(s.password_file).st_mode & 0o777\n"
         "print(json.dumps([os.stat(f'/proc/{s.pid}').st_uid, s.os_user, s.warm, mode]))\n"
@@ -401,7 +401,7 @@ def test_sigkilled_owner_server_is_reaped(cache: Path) -> None:
 KILL_DURING_START = """
 import os, signal, sys, threading, time
 from pathlib import Path
-from pytest_pgtemplate.server import cluster as _cluster, embedded as _embedded
+from pytest_pgtemplate.server import cluster as _cluster, own as _embedded
 from pytest_pgtemplate.server.binaries import find_binaries
 
 when, name, tool, cache = sys.argv[1:]
@@ -543,7 +543,7 @@ def test_another_process_finds_and_stops_the_server(binaries: Binaries, cache: P
     script = (
         "import os, sys; from pathlib import Path\n"
         "from pytest_pgtemplate.server.binaries import find_binaries\n"
-        "from pytest_pgtemplate.server.embedded import start\n"
+        "from pytest_pgtemplate.server.own import start\n"
         "start(find_binaries(None), cache=Path(sys.argv[1]), owner_pid=int(sys.argv[2]))\n"
     )
     worker = [sys.executable, "-c", script, str(cache), str(os.getpid())]

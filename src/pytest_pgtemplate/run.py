@@ -1,0 +1,184 @@
+"""One pytest process's part in a run: its settings, identity and report, and the servers it met.
+
+What the fixture chain builds (server, template, worker database) is owned by the chain's own
+objects; this keeps only what is the process's: which server the settings name (or the plugin's
+own), the names its databases get, and every server it worked on, to sweep once when first
+seen, to close at the end, and, for a server a conftest made, to write down where the run's
+controller finds it after a worker crash.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+
+from .errors import ConfigurationError, PgTemplateError
+from .identity import RunIdentity
+from .migrators import Migrator, build_migrator
+from .naming import worker_database_name
+from .report import Report, ServerUsed
+from .server import reaper
+from .server.connection import Server
+from .server.own import read_running
+from .server.per_run import LocalServerRequest, ensure_started
+from .server.per_run import describe as describe_own
+from .settings import Settings
+from .sweep import drop_quietly, sweepable
+from .template import BuildOptions
+from .urls import libpq, parse_server_url, redacted
+from .worker import WorkerDatabase, worker_database
+
+NO_URL_MESSAGE = (
+    "pytest-pgtemplate needs a PostgreSQL server: set pgtemplate_url in your pytest config, "
+    "PGTEMPLATE_URL in the environment, or pass --pgtemplate-url, e.g. "
+    "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass
+class Run:
+    settings: Settings
+    identity: RunIdentity
+    rootdir: Path
+    report: Report = field(default_factory=Report)
+    _servers: dict[str, Server] = field(default_factory=dict)
+    _migrator: Migrator | None = None
+    _empties: int = 0
+
+    def __post_init__(self) -> None:
+        self.report.worker = self.identity.worker_id
+
+    def server_url(self) -> URL:
+        """The server the settings name, or the own one its owner started before the workers."""
+        given = self.settings.url.value or self.identity.server_url
+        if not given:
+            raise ConfigurationError(NO_URL_MESSAGE)
+        return parse_server_url(given)
+
+    def has_server_url(self) -> bool:
+        return bool(self.settings.url.value or self.identity.server_url)
+
+    def own_server(self) -> LocalServerRequest:
+        settings = self.settings
+        return LocalServerRequest(
+            self.identity.owner_pid, settings.bin_dir, settings.cache_dir, False
+        )
+
+    def worker_name(self) -> str:
+        return worker_database_name(self.identity.run_id, self.identity.worker_id)
+
+    def worker_urls(self, server_url: URL) -> WorkerDatabase:
+        """Deterministic, so they can be exported before the database exists (no connection)."""
+        return worker_database(libpq(server_url), self.worker_name())
+
+    def migrator(self) -> Migrator:
+        if self._migrator is None:
+            self._migrator = build_migrator(self.settings, self.rootdir)
+        return self._migrator
+
+    def build_options(self, lock_dir: Path) -> BuildOptions:
+        settings = self.settings
+        return BuildOptions(
+            lock_dir, settings.lock_timeout, settings.project, settings.keep_templates
+        )
+
+    def next_empty(self) -> int:
+        self._empties += 1
+        return self._empties
+
+    def open_server(self, lock_dir: Path) -> Server:
+        """``lock_dir`` is shared by the run's workers: the plugin's own server starts once."""
+        if self.has_server_url():
+            url, started = self.server_url(), bool(self.identity.server_url)
+            note = f"{'own ' if started else ''}PostgreSQL at {redacted(url)}"
+            used = ServerUsed(note)
+        else:
+            own, here = ensure_started(self.own_server(), lock_dir, self.settings.lock_timeout)
+            url, started = make_url(own.url), True
+            used = ServerUsed(describe_own(own, started_here=here), started_here=here)
+        server = Server.connect(libpq(url), started_by_plugin=started)
+        server.report = self.report
+        self.report.record(used)
+        return self.adopt(server, configured=True)
+
+    def adopt(self, server: Server, *, configured: bool = False) -> Server:
+        """First sight of a server: sweep dead runs' databases there, and remember it.
+
+        A server the configuration does not name (a conftest's own ``pg_server``) is written
+        where the run's controller finds it, so it can sweep there after a worker crash.
+        """
+        if server.key in self._servers:
+            return self._servers[server.key]
+        self._servers[server.key] = server
+        if server.report is not self.report:
+            server.report = self.report
+            self.report.record(
+                ServerUsed(f"PostgreSQL at {redacted(make_url(server.url))} (pg_server)")
+            )
+        server.run_id = self.identity.run_id
+        if not configured:
+            record_server(self._servers_file(), server.url)
+        server.run(server.claim.ensure())
+        drop_quietly(server, sweepable, "sweeping dead runs' databases")
+        return server
+
+    def sweep_after_crash(self) -> None:
+        """The controller outlives a crashed worker: it drops what the worker could not."""
+        urls = recorded_servers(self._servers_file())
+        configured = self.settings.url.value or self.identity.server_url
+        if not configured:
+            running = read_running(self.own_server().cache, self.identity.owner_pid)
+            configured = running.url if running is not None else None
+        if configured:
+            urls.insert(0, configured)
+        problems = []
+        for url in dict.fromkeys(urls):
+            try:
+                self.adopt(Server.connect(url), configured=True)
+            except PgTemplateError as exc:  # one unreachable server must not spare the others
+                problems.append(str(exc))
+        if problems:
+            raise PgTemplateError("; ".join(problems))
+
+    def close(self) -> None:
+        """Every server this process worked on drops what it registered, then lets go."""
+        try:
+            for server in self._servers.values():
+                server.close()
+        finally:
+            self._servers.clear()
+            if self.identity.owner_pid == os.getpid():
+                self._servers_file().unlink(missing_ok=True)
+                prune_recorded(self._servers_file().parent)
+
+    def _servers_file(self) -> Path:
+        name = f"{self.identity.run_id}-{self.identity.owner_pid}.servers"
+        return self.own_server().cache / "runs" / name
+
+
+def record_server(path: Path, url: str) -> None:
+    """One line per server; owner-only, since a URL may carry a password."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"{url}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def recorded_servers(path: Path) -> list[str]:
+    try:
+        return [line for line in path.read_text().splitlines() if line]
+    except FileNotFoundError:
+        return []
+
+
+def prune_recorded(directory: Path) -> None:
+    """Files of runs whose owner is gone (killed before its end could remove them)."""
+    for path in directory.glob("*-*.servers"):
+        pid = path.stem.rpartition("-")[2]
+        if pid.isdigit() and not reaper.alive(int(pid)):
+            path.unlink(missing_ok=True)

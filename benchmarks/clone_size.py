@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 
 from pytest_pgtemplate.server.binaries import find_binaries
-from pytest_pgtemplate.server.embedded import start, stop
+from pytest_pgtemplate.server.own import start, stop
 
 METHODS = {
     "WAL_LOG": ("copy", "WAL_LOG"),
@@ -84,8 +84,9 @@ def server_in(cache: Path, bin_dir: str) -> Iterator[str]:
 def make_template(admin: psycopg.Connection, name: str, megabytes: int) -> float:
     """A marked template with ``megabytes`` of seed rows; returns its size in MB."""
     admin.execute(f"CREATE DATABASE {name}")
+    # info.dsn leaves the password out: the own server asks for it
     url = admin.info.dsn.replace("dbname=postgres", f"dbname={name}")
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(url, password=admin.info.password, autocommit=True) as conn:
         rows = megabytes * (1 << 20) // _ROW_BYTES
         conn.execute(
             "CREATE TABLE seed AS SELECT g AS id, md5(g::text) || repeat(md5((g + 1)::text), 30)"

@@ -1,63 +1,61 @@
-"""Per-test reset overhead of each strategy against the floor (no reset at all).
+"""What the per-test reset costs a test, over the no-reset floor, at 10 to 1000 tables (issue 16).
 
-A "test" inserts 5 rows into 3 tables through the worker connection and commits; the reset
-runs right after on the same connection. Templates have 10, 50, 200 tables: every fifth has 3
-seed rows, every third references a seeded table. Columns: ``restore`` is the ``truncate``
-strategy (the 3 tables empty in the template, or one with seed rows, which are copied back);
-``rollback`` runs the test inside an outer transaction whose commit is a savepoint release, rolls
-it back, then runs the exact check; ``recreate`` drops the database and renames a spare clone
-in (the spare's clone happens in the background in the plugin and is not timed here);
-``truncate-all`` is TRUNCATE of every table.
+One interleaved run: each round visits every size and case in a shuffled order, so machine load
+hits all alike. A figure is a test body plus what the plugin runs around it (restore: the check
+before + reset("restore"); rollback: the check before + the body in an outer transaction, rolled
+back, + reset("rollback")), minus the same round's body on an untracked clone (the floor). "No
+superuser": the template built by a CREATEDB role (a catalog probe for the event triggers).
 
-A second table (``--mode checks`` prints only it) times what runs when nothing changed: the check
-before a test (``restore`` on an unchanged database: the detection query, schema probe included)
-and the schema probe's own share (the detection query with and without it, interleaved).
+    python benchmarks/reset_overhead.py [--tables 10 50 200 1000] [--rounds N] [--url URL] [--quick]
 
-    python benchmarks/reset_overhead.py [--tables 10 50 200] [--rounds N] [--url URL]
-        [--mode all|checks]
-
-Every database is named ``pgtemplate_snaptest_<hex>`` and dropped at the end, even on Ctrl-C.
+Without --url the plugin's own server runs it. Databases and the role are ``pgtemplate_bench_*``,
+dropped at the end even on Ctrl-C. The report is printed and (not --quick) RESET_OVERHEAD.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import random
 import secrets
-import statistics
+import sys
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
+from sqlalchemy.engine import make_url
 
-from pytest_pgtemplate.databases import drop
-from pytest_pgtemplate.reset.snapshot import RestoreStats, Snapshot, capture, restore
+from pytest_pgtemplate.claim import LIVENESS_CLASS, lock_key
+from pytest_pgtemplate.databases import CloneOptions, clone, clone_options, drop, mark_finished
+from pytest_pgtemplate.naming import DatabaseTag
+from pytest_pgtemplate.reset.install import install
+from pytest_pgtemplate.reset.resetter import ResetOutcome, Resetter, open_resetter
+from pytest_pgtemplate.server.admin import describe
+from pytest_pgtemplate.server.own import stop
+from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
+from reset_overhead_report import Meta, Samples, report
 
-DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-Reset = Callable[[asyncpg.Connection], Awaitable[object]]
-
-
-@dataclass
-class Timing:
-    totals: list[float]  # test + reset, ms
-    resets: list[float]  # reset alone, ms
-
-    def cell(self) -> str:
-        return (
-            f"{statistics.median(self.totals):.2f} ({min(self.totals):.2f}-{max(self.totals):.2f})"
-        )
-
-    @property
-    def total(self) -> float:
-        return statistics.median(self.totals)
-
-    @property
-    def reset(self) -> float:
-        return statistics.median(self.resets)
+PREFIX = "pgtemplate_bench_"
+MARKER = DatabaseTag("worker", project="pgtemplate_bench")
+WARM_UP = 5  # rounds: a new connection re-plans its first executions
+TIMEOUT = 30.0
+CHECK, HOT = "check alone", "check alone, hot"  # hot: right after another call
+# Column -> (strategy, superuser); "floor" runs the bare body on the untracked template's clone.
+COLUMNS = {
+    "floor": ("floor", True),
+    "restore": ("restore", True),
+    "rollback": ("rollback", True),
+    "restore, no superuser": ("restore", False),
+    "rollback, no superuser": ("rollback", False),
+}
+Rng = random.Random
+OUTER = {"BEGIN": "SAVEPOINT t", "COMMIT": "RELEASE SAVEPOINT t", "ROLLBACK": "ROLLBACK TO t"}
 
 
 def schema(tables: int) -> str:
+    """Serial PKs; every fifth table has 3 seed rows, every third references a seeded one."""
     statements = []
     for i in range(tables):
         parent = (i // 5) * 5
@@ -71,266 +69,258 @@ def schema(tables: int) -> str:
     return ";\n".join(statements)
 
 
-def test_body(touched: list[str]) -> str:
-    inserts = [f"INSERT INTO {t} (payload) SELECT 'x' FROM generate_series(1, 5)" for t in touched]
-    return ";\n".join(["BEGIN", *inserts, "COMMIT"])
+def inserts(tables: list[str]) -> tuple[str, ...]:
+    rows = [f"INSERT INTO {t} (payload) SELECT 'x' FROM generate_series(1, 5)" for t in tables]
+    return ("BEGIN", *rows, "COMMIT")
 
 
-async def truncate_all_statement(conn: asyncpg.Connection) -> str:
-    """What the plugin's ``truncate-all`` strategy runs (its table list is cached, so here too)."""
-    names = await conn.fetch(
-        "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY 1"
-    )
-    return f"TRUNCATE {', '.join(row[0] for row in names)} CASCADE"
+def cases(tables: int) -> dict[str, tuple[str, ...]]:
+    """Test bodies (statements); t002 is unseeded and referenced by no table."""
+    unseeded = [f"t{i:03d}" for i in range(tables) if i % 5]
+    found = {
+        "nothing changed": ("SELECT 1 FROM t001 LIMIT 1",),
+        "3 tables": inserts(unseeded[:3]),
+        "30 tables": inserts(unseeded[:30]),
+        "1 seeded table": inserts(["t005"]),
+        "rolled-back insert": ("BEGIN", *inserts(["t001"])[1:-1], "ROLLBACK"),
+        "bare nextval()": ("SELECT nextval('t001_id_seq')",),
+        "TRUNCATE of 1 table": ("TRUNCATE t002",),
+    }
+    return {k: v for k, v in found.items() if k != "30 tables" or len(unseeded) >= 30}
+
+
+def checked(outcome: ResetOutcome, before: bool) -> None:
+    """A figure counts only if the reset did what a clean test needs: no re-clone, no leak."""
+    if outcome.schema or outcome.leaked or outcome.prepared or (before and outcome.stats):
+        raise RuntimeError(f"reset {'before' if before else 'after'} a test: {outcome}")
 
 
 @dataclass
 class Worker:
-    """One clone of the template, one connection, one way to reset after each test."""
+    """One clone: the test's connection and, but for the floor, the plugin's resetter."""
 
-    conn: asyncpg.Connection
-    body: str
-    reset: Reset | None
-    timing: Timing
-    before: Reset | None = None  # untimed preparation (recreate's background spare clone)
+    strategy: str
+    test: asyncpg.Connection
+    resetter: Resetter | None = None
 
-    async def round(self, record: bool) -> None:
-        if self.before is not None:
-            await self.before(self.conn)
+    async def run(self, body: tuple[str, ...]) -> float:
+        """ms a test pays: the check before, the body, the reset after."""
         started = time.perf_counter()
-        await self.conn.execute(self.body)
-        tested = time.perf_counter()
-        if self.reset is not None:
-            await self.reset(self.conn)
-        done = time.perf_counter()
-        if record:
-            self.timing.totals.append((done - started) * 1000)
-            self.timing.resets.append((done - tested) * 1000)
+        if self.resetter is None:
+            await self.test.execute(";".join(body))
+        else:
+            checked(await self.resetter.ensure_pristine(), before=True)
+            if self.strategy == "rollback":
+                body = ("BEGIN", *(OUTER.get(s, s) for s in body), "ROLLBACK")
+            await self.test.execute(";".join(body))
+            checked(await self.resetter.reset(self.strategy), before=False)
+        return (time.perf_counter() - started) * 1000
+
+    async def check_alone(self) -> float:
+        assert self.resetter is not None
+        started = time.perf_counter()
+        checked(await self.resetter.ensure_pristine(), before=True)
+        return (time.perf_counter() - started) * 1000
 
 
 @dataclass
 class Server:
+    """The admin side: every database, connection and role the run makes, for the final drop."""
+
     url: str
     admin: asyncpg.Connection
-    created: list[str]
+    claim: asyncpg.Connection  # holds each clone's liveness lock, so no run's sweep drops it
+    options: CloneOptions
+    role: str = ""
+    role_url: str = ""
+    role_admin: asyncpg.Connection | None = None
+    databases: list[str] = field(default_factory=list)
+    connections: list[asyncpg.Connection] = field(default_factory=list)
 
-    async def create(self, template: str | None = None) -> str:
-        name = f"pgtemplate_snaptest_{secrets.token_hex(6)}"
-        self.created.append(name)
-        source = f' TEMPLATE "{template}"' if template else ""
-        await self.admin.execute(f'CREATE DATABASE "{name}"{source}')
-        return name
+    def dsn(self, database: str, superuser: bool = True) -> str:
+        url = make_url(self.url if superuser else self.role_url).set(database=database)
+        return url.render_as_string(hide_password=False)
 
-    async def drop_all(self) -> None:
-        for name in reversed(self.created):
-            await drop(self.admin, name)
-        self.created.clear()
+    def admin_of(self, superuser: bool) -> asyncpg.Connection:
+        return self.admin if superuser else self.role_admin
 
-
-async def worker(server: Server, template: str, strategy: str, touched: list[str]) -> Worker:
-    """A clone per strategy, so that TRUNCATE-all cannot spoil the others' seed rows."""
-    conn = await asyncpg.connect(server.url, database=await server.create(template))
-    if strategy == "floor":
-        return Worker(conn, test_body(touched), None, Timing([], []))
-    if strategy == "rollback":
-        return await rollback_worker(conn, touched)
-    if strategy == "recreate":
-        return await recreate_worker(server, template, conn, touched)
-    if strategy == "truncate-all":
-        statement = await truncate_all_statement(conn)
-
-        async def reset(c: asyncpg.Connection) -> object:
-            return await c.execute(statement)
-    else:
-        snapshot = await capture(conn)
-
-        async def reset(c: asyncpg.Connection) -> object:
-            return await restore(c, snapshot)
-
-    return Worker(conn, test_body(touched), reset, Timing([], []))
+    async def connect(self, database: str, superuser: bool) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.dsn(database, superuser), timeout=TIMEOUT)
+        self.connections.append(conn)
+        return conn
 
 
-async def rollback_worker(conn: asyncpg.Connection, touched: list[str]) -> Worker:
-    snapshot = await capture(conn)
-    body = (
-        test_body(touched)
-        .replace("BEGIN", "BEGIN; SAVEPOINT t")
-        .replace("COMMIT", "RELEASE SAVEPOINT t")
-    )
-
-    async def reset(c: asyncpg.Connection) -> object:
-        await c.execute("ROLLBACK")
-        return await restore(c, snapshot)
-
-    return Worker(conn, body, reset, Timing([], []))
+def new_name(server: Server) -> str:
+    name = f"{PREFIX}{secrets.token_hex(6)}"
+    server.databases.append(name)
+    return name
 
 
-async def recreate_worker(
-    server: Server, template: str, conn: asyncpg.Connection, touched: list[str]
-) -> Worker:
-    """Swaps connections under the Worker: the reset reconnects to the renamed spare."""
-    name = await conn.fetchval("SELECT current_database()")
-    spare = f"{name}_s"
-    server.created.append(spare)
-    state: dict[str, asyncpg.Connection] = {}
+async def build_template(server: Server, tables: int, kind: str) -> str:
+    """As the plugin builds one: the schema, the tracking (not for the floor's), marked finished."""
+    superuser, name = kind != "no superuser", new_name(server)
+    await server.admin_of(superuser).execute(f'CREATE DATABASE "{name}"')
+    build = await server.connect(name, superuser)
+    await build.execute(schema(tables))
+    if kind != "plain":
+        await install(build)
+    await build.close()
+    await mark_finished(server.admin_of(superuser), name)
+    return name
 
-    async def prepare(c: asyncpg.Connection) -> object:
-        return await server.admin.execute(f'CREATE DATABASE "{spare}" TEMPLATE "{template}"')
 
-    async def reset(c: asyncpg.Connection) -> object:
-        await c.close()
-        await server.admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await server.admin.execute(f'ALTER DATABASE "{spare}" RENAME TO "{name}"')
-        state["conn"] = await asyncpg.connect(server.url, database=name)
-        return None
+async def clone_worker(server: Server, template: str, superuser: bool) -> str:
+    """The plugin's clone (marker, settings), its liveness lock taken first as a worker does."""
+    name = new_name(server)
+    await server.claim.execute("SELECT pg_advisory_lock($1, $2)", LIVENESS_CLASS, lock_key(name))
+    await clone(server.admin_of(superuser), template, name, MARKER, server.options)
+    return name
 
-    each = Worker(conn, test_body(touched), reset, Timing([], []), before=prepare)
-    original_round = each.round
 
-    async def round_(record: bool) -> None:
-        await original_round(record)
-        each.conn = state.pop("conn", each.conn)
-
-    each.round = round_  # type: ignore[method-assign]
+async def worker(server: Server, template: str, column: str) -> Worker:
+    strategy, superuser = COLUMNS[column]
+    name = await clone_worker(server, template, superuser)
+    each = Worker(strategy, await server.connect(name, superuser))
+    if strategy != "floor":
+        each.resetter = await open_resetter(server.dsn(name, superuser), name, TIMEOUT)
+        server.connections.append(each.resetter.conn)
     return each
 
 
-async def run_rounds(workers: list[Worker], rounds: int) -> None:
-    """Round-robin, so that the shared disk's slow moments hit every strategy alike."""
-    for round_ in range(rounds + 3):  # 3 warm-up rounds
-        for each in workers:
-            await each.round(record=round_ >= 3)
+@dataclass
+class Size:
+    tables: int
+    cases: dict[str, tuple[str, ...]]
+    workers: dict[str, Worker]
+    template: str  # the superuser's tracked template, cloned again for the setup figures
 
 
-async def build_template(server: Server, tables: int) -> str:
-    template = await server.create()
-    build = await asyncpg.connect(server.url, database=template)
+async def prepare(server: Server, tables: int) -> Size:
+    print(f"building the {tables}-table templates and clones", file=sys.stderr, flush=True)
+    kinds = {kind: await build_template(server, tables, kind) for kind in ("plain", "superuser")}
+    kinds["no superuser"] = await build_template(server, tables, "no superuser")
+    workers = {}
+    for column, (strategy, superuser) in COLUMNS.items():
+        kind = "plain" if strategy == "floor" else "superuser" if superuser else "no superuser"
+        workers[column] = await worker(server, kinds[kind], column)
+    return Size(tables, cases(tables), workers, kinds["superuser"])
+
+
+async def one_round(sizes: list[Size], samples: Samples, rng: Rng, keep: bool) -> None:
+    """Every (size, case) block in a shuffled order; inside one, the columns shuffled too."""
+    blocks = [(size, case) for size in sizes for case in [*size.cases, CHECK]]
+    rng.shuffle(blocks)
+    for size, case in blocks:
+        columns = list(size.workers) if case != CHECK else ["restore", "restore, no superuser"]
+        rng.shuffle(columns)
+        for column in columns:
+            each, key = size.workers[column], (size.tables, case, column)
+            if case != CHECK:
+                record(samples, key, await each.run(size.cases[case]), keep)
+                continue
+            record(samples, key, await each.check_alone(), keep)  # its backend idle till now
+            record(samples, (size.tables, HOT, column), await each.check_alone(), keep)
+
+
+def record(samples: Samples, key: tuple[int, str, str], value: float, keep: bool) -> None:
+    if keep:
+        samples.setdefault(key, []).append(value)
+
+
+async def setup_round(server: Server, sizes: list[Size], samples: Samples, rng: Rng) -> None:
+    """Seconds for a clone alone, and for a clone + open_resetter (its own share kept apart)."""
+    runs = [(size, opened) for size in sizes for opened in (False, True)]
+    rng.shuffle(runs)
+    for size, opened in runs:
+        started = time.perf_counter()
+        name = await clone_worker(server, size.template, True)
+        cloned = time.perf_counter()
+        record(samples, (size.tables, "setup", "clone"), cloned - started, not opened)
+        if opened:
+            resetter = await open_resetter(server.dsn(name), name, TIMEOUT)
+            done = time.perf_counter()
+            await resetter.close()
+            record(samples, (size.tables, "setup", "open_resetter"), done - cloned, True)
+            record(samples, (size.tables, "setup", "clone + open_resetter"), done - started, True)
+        await drop(server.admin, name)
+        server.databases.remove(name)
+
+
+async def add_role(server: Server) -> None:
+    """The CREATEDB role that builds the "no superuser" templates; dropped at the end."""
+    server.role, password = f"{PREFIX}{secrets.token_hex(5)}", secrets.token_urlsafe(16)
+    await server.admin.execute(f"CREATE ROLE {server.role} LOGIN CREATEDB PASSWORD '{password}'")
+    url = make_url(server.url).set(username=server.role, password=password)
+    server.role_url = url.render_as_string(hide_password=False)
+    server.role_admin = await server.connect(url.database or "postgres", False)
+
+
+async def measure(server: Server, tables: list[int], rounds: int, setups: int) -> Samples:
+    await add_role(server)
+    sizes = [await prepare(server, each) for each in tables]
+    samples: Samples = {}
+    rng = random.Random(16)
+    for number in range(WARM_UP + rounds):
+        await one_round(sizes, samples, rng, keep=number >= WARM_UP)
+    print("timing worker setup", file=sys.stderr, flush=True)
+    for _ in range(setups):  # apart: file churn would slow the per-test figures
+        await setup_round(server, sizes, samples, rng)
+    return samples
+
+
+async def clean_up(server: Server) -> None:
+    """Drop everything created, on a new connection: the old one may be mid-query (Ctrl-C)."""
+    for conn in server.connections:
+        conn.terminate()
+    admin = await asyncpg.connect(server.url, timeout=TIMEOUT)
     try:
-        await build.execute(schema(tables))
+        for name in reversed(server.databases):
+            try:
+                await drop(admin, name)
+            except asyncpg.PostgresError as exc:  # go on: drop all the others
+                print(f"could not drop {name}: {exc}", file=sys.stderr)
+        if server.role:
+            await admin.execute(f"DROP ROLE IF EXISTS {server.role}")
     finally:
-        await build.close()
-    await server.admin.execute(f'ALTER DATABASE "{template}" WITH IS_TEMPLATE true')
-    return template
+        await admin.close()
+        server.claim.terminate()  # the liveness locks go last
 
 
-async def one_size(server: Server, tables: int, rounds: int) -> str:
-    template = await build_template(server, tables)
-    empty, seeded = ["t001", "t002", "t003"], ["t001", "t002", "t005"]
-    runs = [
-        ("floor", empty),
-        ("restore", empty),
-        ("restore", seeded),
-        ("rollback", empty),
-        ("recreate", empty),
-        ("truncate-all", empty),
-    ]
-    workers = [await worker(server, template, strategy, touched) for strategy, touched in runs]
+async def bench(url: str, tables: list[int], rounds: int, setups: int, own: bool) -> Meta:
+    admin = await asyncpg.connect(url, timeout=TIMEOUT)
+    info = await describe(admin, make_url(url), started=own)
+    options = clone_options(info, durable=False)
+    server = Server(url, admin, await asyncpg.connect(url, timeout=TIMEOUT), options)
+    meta = Meta.start(url, await admin.fetchval("SHOW server_version"), info.fsync, own)
     try:
-        await run_rounds(workers[:4], rounds)
-        await run_rounds(workers[4:5], rounds)  # apart: file churn would slow the others
-        await run_rounds(workers[5:], rounds)
-        for each in workers[1:3]:  # nothing left to undo: restore was exact
-            if each.reset is None or await each.reset(each.conn) != RestoreStats():
-                raise RuntimeError("restore left the worker database unlike the template")
+        meta.samples = await measure(server, tables, rounds, setups)
     finally:
-        for each in workers:
-            await each.conn.close()
-    await server.drop_all()
-    floor, plain, with_seed, rollback, recreate, truncate = (each.timing for each in workers)
-    return (
-        f"| {tables} | {floor.cell()} | {plain.cell()} | {with_seed.cell()} | {rollback.cell()} "
-        f"| {recreate.cell()} | {truncate.cell()} | {plain.total - floor.total:.2f} "
-        f"| {with_seed.total - floor.total:.2f} | {rollback.total - floor.total:.2f} "
-        f"| {truncate.reset / plain.reset:.0f}x |"
-    )
+        admin.terminate()
+        await clean_up(server)
+    return meta.finish()
 
 
-def without_schema_probe(detect_sql: str) -> str:
-    """The detection query as it was before the schema probe (its last UNION ALL branch)."""
-    data_only = detect_sql.rsplit("\nUNION ALL ", 1)[0]
-    return f"{data_only}\nUNION ALL SELECT -1, 0 WHERE $3::bigint[] IS NULL"
-
-
-async def timed(call: Callable[[], Awaitable[object]]) -> float:
-    started = time.perf_counter()
-    await call()
-    return (time.perf_counter() - started) * 1000
-
-
-async def check_costs(server: Server, tables: int, rounds: int) -> str:
-    """ms per call on an unchanged clone: the setup check, the detection with/without probe."""
-    template = await build_template(server, tables)
-    conn = await asyncpg.connect(server.url, database=await server.create(template))
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Per-test reset overhead, as Markdown.")
+    parser.add_argument("--tables", type=int, nargs="+", help="default 10 50 200 1000")
+    parser.add_argument("--rounds", type=int, help="default 100 (--quick: 12)")
+    parser.add_argument("--url", help="admin URL; default: the plugin's own server")
+    parser.add_argument("--quick", action="store_true", help="10 and 50 tables, few rounds (CI)")
+    args = parser.parse_args()
+    tables: list[int] = args.tables or ([10, 50] if args.quick else [10, 50, 200, 1000])
+    rounds: int = args.rounds or (12 if args.quick else 100)
+    own = None if args.url else start_now(LocalServerRequest(os.getpid(), None, None, False))
     try:
-        snapshot: Snapshot = await capture(conn)
-        full = await conn.prepare(snapshot.detect_sql)
-        data = await conn.prepare(without_schema_probe(snapshot.detect_sql))
-        args = (str(snapshot.reference_xid), str(snapshot.catalog.reference_xid))
-
-        async def setup_check() -> None:
-            if await restore(conn, snapshot) != RestoreStats():
-                raise RuntimeError("an unchanged database was found changed")
-
-        calls = [setup_check, lambda: data.fetch(*args, snapshot.catalog.counts)]
-        calls.append(lambda: full.fetch(*args, snapshot.catalog.counts))
-        samples: list[list[float]] = [[], [], []]
-        for round_ in range(rounds * 10 + 20):  # interleaved; 20 warm-up calls
-            for each, call in zip(samples, calls, strict=True):
-                elapsed = await timed(call)
-                if round_ >= 20:
-                    each.append(elapsed)
+        url: str = own.url if own else args.url
+        meta = asyncio.run(bench(url, tables, rounds, 2 if args.quick else 8, own is not None))
     finally:
-        await conn.close()
-    await server.drop_all()
-    setup, data_only, with_probe = (statistics.median(each) for each in samples)
-    return (
-        f"| {tables} | {setup:.3f} | {data_only:.3f} | {with_probe:.3f} "
-        f"| {with_probe - data_only:.3f} |"
-    )
-
-
-async def main(url: str, sizes: list[int], rounds: int, mode: str) -> None:
-    server = Server(url, await asyncpg.connect(url), [])
-    try:
-        settings = await server.admin.fetch(
-            "SELECT name, setting FROM pg_settings WHERE name IN "
-            "('fsync', 'synchronous_commit', 'full_page_writes', 'server_version') ORDER BY 1"
-        )
-        print(", ".join(f"{row['name']}={row['setting']}" for row in settings))
-        if mode == "all":
-            await strategies_table(server, sizes, rounds)
-        print(
-            f"\n{rounds * 10} calls each, interleaved; ms per call (median) on an unchanged clone\n"
-        )
-        print(
-            "| tables | setup check (restore, nothing changed) | detection without schema probe "
-            "| detection with schema probe | schema probe cost |"
-        )
-        print("|---|---|---|---|---|")
-        for tables in sizes:
-            print(await check_costs(server, tables, rounds), flush=True)
-    finally:
-        await server.drop_all()
-        await server.admin.close()
-
-
-async def strategies_table(server: Server, sizes: list[int], rounds: int) -> None:
-    print(f"{rounds} rounds; ms per test (median (min-max)) = the test's own work + the reset\n")
-    print(
-        "| tables | no reset (floor) | truncate (restore) | truncate, 1 seeded table touched "
-        "| rollback | recreate (foreground) | truncate-all | truncate - floor "
-        "| truncate seeded - floor | rollback - floor | truncate-all / truncate (reset only) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for tables in sizes:
-        print(await one_size(server, tables, rounds), flush=True)
+        if own is not None:
+            stop(own)
+    text = report(meta, tables, rounds, list(cases(max(tables))))
+    print(text)
+    if not args.quick:  # a CI smoke run must not overwrite the recorded figures
+        Path(__file__).with_name("RESET_OVERHEAD.md").write_text(text)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Per-test reset overhead, printed as markdown.")
-    parser.add_argument("--tables", type=int, nargs="+", default=[10, 50, 200])
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--url", default=DEFAULT_URL, help="admin URL of the server")
-    parser.add_argument("--mode", choices=["all", "checks"], default="all")
-    args = parser.parse_args()
-    asyncio.run(main(args.url, args.tables, args.rounds, args.mode))
+    main()

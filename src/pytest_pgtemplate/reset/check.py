@@ -1,4 +1,4 @@
-"""Asking a worker database what changed since its last reset: one call, marks read back."""
+"""Asking a worker database what changed since its last reset: one query, marks read back."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import asyncpg
 
 from .layout import Layout
 from .schema import CatalogState, confirm, probe_query
+from .sql import check_query
 
-_CHECK = "SELECT kind, rel, detail FROM pgtemplate.check($1, $2)"
+_DDL = "SELECT what FROM pgtemplate.ddl WHERE kind = 'schema'"
 
 
 @dataclass
@@ -74,7 +75,13 @@ async def check(
         fired = await conn.fetchval(query, str(catalog.reference_xid), catalog.counts)
         if fired and await confirm(conn, catalog):
             return Changes(schema=("a change to the catalogs (CREATE, ALTER, DROP, COMMENT...)",))
-    rows = await conn.fetch(_CHECK, all_sequences, watch_databases)
+    try:
+        rows = await conn.fetch(check_query(layout.superuser), all_sequences, watch_databases)
+    except asyncpg.PostgresError:  # a sequence or table it reads was dropped: DDL says so
+        ddl = tuple(row[0] for row in await conn.fetch(_DDL))
+        if ddl:
+            return Changes(schema=ddl)
+        raise
     changes = _parse(rows, layout)
     if catalog is not None and not changes.schema and watch.matview_files:
         return await _refreshed_without_event_triggers(conn, layout, watch, changes)

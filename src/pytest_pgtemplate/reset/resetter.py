@@ -1,6 +1,6 @@
 """The plugin's own connection to one worker database, and a reset from start to end.
 
-A reset: one call to ``pgtemplate.check()``; if another connection is still inside a
+A reset: one query (``sql.check_query``); if another connection is still inside a
 transaction, it gets a grace to finish (an active query and one idle in its transaction alike)
 and is ended after it; a prepared transaction left behind is rolled back; then the restore
 undoes what the marks name, in one transaction. When a test changed the schema nothing is

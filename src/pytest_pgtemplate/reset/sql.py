@@ -15,7 +15,8 @@ template for free and never mixes with the application's objects. What it record
 - ``sequences``: every sequence as the template holds it. nextval() is not transactional and
   fires no trigger, so the check compares them (one function call each, no dependency on them).
 
-``check()`` answers in one round trip; the restore itself is planned by the client.
+One query (``check_query``) answers what changed, in one round trip; the restore itself is
+planned by the client.
 """
 
 from __future__ import annotations
@@ -68,77 +69,6 @@ CREATE FUNCTION pgtemplate.event_triggers() RETURNS text LANGUAGE sql STABLE AS 
   FROM pg_event_trigger
 $$;
 
--- pg_largeobject (the data) is readable by a superuser only: others see lo_put() on an
--- existing large object only through its metadata, which lo_put() leaves alone.
-CREATE FUNCTION pgtemplate.large_objects_changed(ref xid8) RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-  IF (SELECT count(*) FROM pg_largeobject_metadata)
-       <> (SELECT count(*) FROM pgtemplate.large_objects)
-     OR EXISTS (SELECT FROM pg_largeobject_metadata WHERE age(xmin) < age(ref::xid)) THEN
-    RETURN true;
-  END IF;
-  IF NOT has_table_privilege('pg_catalog.pg_largeobject', 'SELECT') THEN RETURN false; END IF;
-  RETURN EXISTS (SELECT FROM pg_largeobject WHERE age(xmin) < age(ref::xid));
-END $$;
-
--- kind: busy (pid, what it does), prepared (gid), schema (what DDL), table (rel, bytes),
--- sequence (rel), refresh (rel), large_objects, settings, database (name).
-CREATE FUNCTION pgtemplate.check(all_sequences boolean, watch_databases boolean)
-RETURNS TABLE (kind text, rel oid, detail text) LANGUAGE plpgsql AS $$
-DECLARE
-  ref xid8 := (SELECT value::xid8 FROM pgtemplate.state WHERE key = 'ref');
-BEGIN
-  RETURN QUERY SELECT 'busy', a.pid::oid, a.state || ': ' || left(a.query, 120)
-    FROM pg_stat_activity a
-    WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
-      AND a.backend_type = 'client backend' AND coalesce(a.state, 'idle') <> 'idle';
-  IF FOUND THEN RETURN; END IF;
-  RETURN QUERY SELECT 'prepared', NULL::oid, p.gid::text FROM pg_prepared_xacts p
-    WHERE p.database = current_database();
-  IF FOUND THEN RETURN; END IF;
-  RETURN QUERY SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d WHERE d.kind = 'schema';
-  IF FOUND THEN RETURN; END IF;
-  IF pgtemplate.event_triggers()
-       IS DISTINCT FROM (SELECT value FROM pgtemplate.state WHERE key = 'event_triggers') THEN
-    RETURN QUERY SELECT 'schema', NULL::oid, 'CREATE, ALTER or DROP EVENT TRIGGER'; RETURN;
-  END IF;
-  RETURN QUERY SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d
-    JOIN pgtemplate.sequences s ON s.rel = d.rel
-    WHERE d.kind = 'sequence' AND pgtemplate.sequence_options(d.rel) IS DISTINCT FROM s.options;
-  IF FOUND THEN RETURN; END IF;
-  RETURN QUERY SELECT 'table', d.rel,
-      (SELECT sum(pg_relation_size(l))::text FROM unnest(t.leaves) l)
-    FROM (SELECT DISTINCT x.rel FROM pgtemplate.dirty x) d
-    LEFT JOIN pgtemplate.tables t ON t.rel = d.rel;
-  IF all_sequences THEN
-    RETURN QUERY SELECT 'sequence', s.rel, NULL FROM pgtemplate.sequences s
-      WHERE pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen
-         OR s.rel IN (SELECT d.rel FROM pgtemplate.ddl d WHERE d.kind = 'sequence');
-  ELSE
-    RETURN QUERY SELECT DISTINCT 'sequence', s.rel, NULL::text
-      FROM (SELECT DISTINCT x.rel FROM pgtemplate.dirty x) d
-      JOIN pgtemplate.tables t ON t.rel = d.rel
-      JOIN pgtemplate.sequences s ON s.rel = ANY (t.sequences)
-      WHERE pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen
-      UNION SELECT 'sequence', d.rel, NULL FROM pgtemplate.ddl d WHERE d.kind = 'sequence';
-  END IF;
-  RETURN QUERY SELECT DISTINCT 'refresh', d.rel, NULL::text FROM pgtemplate.ddl d
-    WHERE d.kind = 'refresh';
-  IF pgtemplate.large_objects_changed(ref) THEN
-    RETURN QUERY SELECT 'large_objects', NULL::oid, NULL::text;
-  END IF;
-  IF pgtemplate.settings()
-       IS DISTINCT FROM (SELECT value FROM pgtemplate.state WHERE key = 'settings') THEN
-    RETURN QUERY SELECT 'settings', NULL::oid, NULL::text;
-  END IF;
-  IF watch_databases THEN
-    RETURN QUERY SELECT 'database', NULL::oid, d.datname::text FROM pg_database d
-      WHERE age(d.xmin) < age((SELECT value::xid8 FROM pgtemplate.state
-                               WHERE key = 'databases_seen')::xid)
-        AND d.datname NOT LIKE 'pgtemplate\_%';
-  END IF;
-END $$;
 """
 
 # Only a superuser may create event triggers; without them, the catalog probe (``probe``) stands in.
@@ -176,3 +106,63 @@ def mark_trigger(table: str) -> str:
         f" FOR EACH STATEMENT EXECUTE FUNCTION pgtemplate.mark();"
         f" ALTER TABLE {table} ENABLE ALWAYS TRIGGER {MARK_TRIGGER}"
     )
+
+
+# kind: busy (pid, what it does), prepared (gid), schema (what DDL), table (rel, bytes of the
+# tables it covers), sequence (rel), refresh (rel), large_objects, settings, database (name).
+# $1: compare every sequence (after a test), else those of marked tables; $2: report databases
+# that appeared on the server. One plain query, prepared once per connection: no function call
+# (each costs a plan) on the path where nothing changed.
+_CHECK = r"""
+WITH me AS (SELECT oid AS db FROM pg_database WHERE datname = current_database()),
+state AS (
+  SELECT max(value) FILTER (WHERE key = 'ref') AS ref,
+         max(value) FILTER (WHERE key = 'settings') AS settings,
+         max(value) FILTER (WHERE key = 'event_triggers') AS event_triggers,
+         max(value) FILTER (WHERE key = 'databases_seen') AS databases_seen
+  FROM pgtemplate.state WHERE key <> 'layout'),
+marked AS (SELECT DISTINCT rel FROM pgtemplate.dirty)
+SELECT 'busy' AS kind, a.pid::oid AS rel, a.state || ': ' || left(a.query, 120) AS detail
+FROM pg_stat_get_activity(NULL) a, me
+WHERE a.datid = me.db AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
+  AND coalesce(a.state, 'idle') <> 'idle'
+UNION ALL SELECT 'prepared', NULL, p.gid FROM pg_prepared_xacts p
+WHERE p.database = current_database()
+UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d WHERE d.kind = 'schema'
+UNION ALL SELECT 'schema', NULL, 'CREATE, ALTER or DROP EVENT TRIGGER' FROM state
+WHERE (SELECT coalesce(string_agg(evtname || ':' || evtenabled::text, ',' ORDER BY evtname), '')
+       FROM pg_event_trigger) IS DISTINCT FROM state.event_triggers
+UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d
+JOIN pgtemplate.sequences s ON s.rel = d.rel
+WHERE d.kind = 'sequence' AND pgtemplate.sequence_options(d.rel) IS DISTINCT FROM s.options
+UNION ALL SELECT 'table', m.rel, (SELECT sum(pg_relation_size(l))::text FROM unnest(t.leaves) l)
+FROM marked m LEFT JOIN pgtemplate.tables t ON t.rel = m.rel
+UNION ALL SELECT 'sequence', s.rel, NULL FROM pgtemplate.sequences s
+WHERE $1 AND pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen
+UNION ALL SELECT DISTINCT 'sequence', s.rel, NULL::text
+FROM marked m JOIN pgtemplate.tables t ON t.rel = m.rel
+JOIN pgtemplate.sequences s ON s.rel = ANY (t.sequences)
+WHERE NOT $1 AND pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen
+UNION ALL SELECT d.kind, d.rel, NULL FROM pgtemplate.ddl d WHERE d.kind IN ('sequence', 'refresh')
+UNION ALL SELECT 'large_objects', NULL, NULL FROM state
+WHERE (SELECT count(*) FROM pg_largeobject_metadata)
+        <> (SELECT count(*) FROM pgtemplate.large_objects)
+   OR EXISTS (SELECT FROM pg_largeobject_metadata WHERE age(xmin) < age(state.ref::xid8::xid))
+   {large_object_data}
+UNION ALL SELECT 'settings', NULL, NULL FROM state, me
+WHERE (SELECT coalesce(string_agg(s.setrole::text || '=' || array_to_string(s.setconfig, E''),
+                                  E'' ORDER BY s.setrole), '')
+       FROM pg_db_role_setting s WHERE s.setdatabase = me.db) IS DISTINCT FROM state.settings
+UNION ALL SELECT 'database', NULL, d.datname::text FROM pg_database d, state
+WHERE $2 AND age(d.xmin) < age(state.databases_seen::xid8::xid)
+  AND d.datname NOT LIKE 'pgtemplate\_%'
+"""
+# pg_largeobject (the data) is readable by a superuser only: others see lo_put() on an existing
+# large object only through its metadata, which lo_put() leaves alone.
+_LARGE_OBJECT_DATA = (
+    "OR EXISTS (SELECT FROM pg_largeobject WHERE age(xmin) < age(state.ref::xid8::xid))"
+)
+
+
+def check_query(superuser: bool) -> str:
+    return _CHECK.replace("{large_object_data}", _LARGE_OBJECT_DATA if superuser else "")

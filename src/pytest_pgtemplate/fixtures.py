@@ -4,30 +4,36 @@ database -> per-test database -> engine -> session); the work is in the objects 
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
 
-from . import loops, sessions
-from .engines import Database, EnginePool
+from . import loops
 from .errors import PgTemplateError, PgTemplateWarning
 from .report import Problem
-from .reset.resetter import ResetOutcome
-from .run import Run
-from .server.connection import Server
 from .settings import RESET_STRATEGIES, choice_error, strategy_name
 from .stash import RUN, USED_DATABASE
-from .template import TemplateInfo, template_for
 from .urls import export_env
-from .worker import WorkerDatabase, clone_worker, empty_database
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+    from sqlalchemy.orm import Session
+
+    from .engines import Database, EnginePool
+    from .reset.resetter import ResetOutcome
+    from .run import Run
+    from .server.connection import Server
+    from .template import TemplateInfo
+    from .worker import WorkerDatabase
+
+# SQLAlchemy, asyncpg and the engine room are imported inside the fixtures: loading the plugin
+# must cost a suite nothing until a test asks for a database.
 
 
 @contextmanager
@@ -61,6 +67,8 @@ def pg_template(
     request: pytest.FixtureRequest, pg_server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> TemplateInfo:
     """The migrated template: ``.name``, ``.fingerprint``, ``.reused``."""
+    from .template import template_for
+
     run = _run(request)
     with _user_errors():
         server = run.adopt(pg_server)
@@ -84,6 +92,8 @@ def pg_worker_database(
     request: pytest.FixtureRequest, pg_server: Server, pg_template: TemplateInfo
 ) -> Iterator[WorkerDatabase]:
     """This worker's database, cloned from the template and dropped at the end of the run."""
+    from .worker import clone_worker
+
     run = _run(request)
     with _user_errors():
         server = run.adopt(pg_server)
@@ -120,6 +130,8 @@ def pg_empty_database(
     request: pytest.FixtureRequest, pg_server: Server
 ) -> Iterator[WorkerDatabase]:
     """An empty database (from template0, no migrations) for one test, e.g. a migration test."""
+    from .worker import empty_database
+
     run = _run(request)
     with _user_errors():
         server = run.adopt(pg_server)
@@ -152,6 +164,10 @@ def pg_session(request: pytest.FixtureRequest, pg_engine: AsyncEngine) -> Iterat
     Under ``reset="rollback"`` it joins an outer transaction through savepoints, so the test's
     ``commit()`` works and the outer rollback undoes everything.
     """
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from . import sessions
+
     runner = loops.runner(request)
     if reset_strategy(request) == "rollback":
         if runner is None:
@@ -175,6 +191,8 @@ def pg_session(request: pytest.FixtureRequest, pg_engine: AsyncEngine) -> Iterat
 @pytest.fixture(scope="session")
 def _pgtemplate_sync_engines() -> Iterator[EnginePool]:
     """Sync engines never touch an event loop: one pool serves the whole run."""
+    from .engines import EnginePool
+
     pool = EnginePool(sync=True)
     yield pool
     pool.close_connections()
@@ -200,6 +218,10 @@ def pg_sync_session(request: pytest.FixtureRequest, pg_sync_engine: Engine) -> I
     Under ``reset="rollback"`` it joins an outer transaction through savepoints, like
     ``pg_session``.
     """
+    from sqlalchemy.orm import Session
+
+    from . import sessions
+
     if reset_strategy(request) == "rollback":
         with sessions.sync_rollback_session(pg_sync_engine) as session:
             yield session
@@ -280,6 +302,8 @@ async def async_worker_database(request: pytest.FixtureRequest) -> WorkerDatabas
     stop answering, and a migration that calls back into the loop would wait for ever. Awaited
     here, the work runs on a thread while the loop keeps serving.
     """
+    import asyncio
+
     database: WorkerDatabase = await asyncio.to_thread(
         request.getfixturevalue, "pg_worker_database"
     )

@@ -9,10 +9,12 @@ pool of engines serves them all (an engine's dialect is initialised once, not pe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
-from .engines import EnginePool, LoopRunner
+if TYPE_CHECKING:
+    from .engines import EnginePool, LoopRunner
 
 LOOP_SCOPES = ("function", "class", "module", "package", "session")
 
@@ -59,17 +61,23 @@ def engine_pool(request: pytest.FixtureRequest) -> EnginePool:
 @pytest.fixture(scope="session")
 def _pgtemplate_unbound_engines() -> EnginePool:
     """Every connection is closed when it is returned: nothing outlives a loop."""
+    from .engines import EnginePool
+
     return EnginePool()
 
 
 @pytest.fixture(scope="session")
 def _pgtemplate_function_loop_engines() -> EnginePool:
+    from .engines import EnginePool
+
     return EnginePool()
 
 
 def _engines_fixture(scope: str) -> object:
     @pytest.fixture(scope=scope, name=f"_pgtemplate_engines_{scope}")  # type: ignore[call-overload,untyped-decorator]
     def engines(request: pytest.FixtureRequest) -> Iterator[EnginePool]:
+        from .engines import EnginePool
+
         loop: LoopRunner = request.getfixturevalue(f"_{scope}_scoped_runner")
         if scope == "function":
             shared: EnginePool = request.getfixturevalue("_pgtemplate_function_loop_engines")

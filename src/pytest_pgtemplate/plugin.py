@@ -23,11 +23,9 @@ from .identity import (
 )
 from .report import Report, ServerUsed, summary_lines
 from .run import Run
-from .server.per_run import describe as describe_local
-from .server.per_run import start_now, stop_owned
 from .settings import OPTIONS, Option, Settings, resolve
 from .stash import CRASHED, RUN, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
-from .urls import export_env, parse_server_url
+from .urls import check_url, export_env, redact
 
 _MARKER_HELP = (
     "pgtemplate(reset=STRATEGY): the test uses its worker's database (as if it asked for "
@@ -127,7 +125,7 @@ def _settings(
     try:
         settings = resolve(lookup, os.environ, config.rootpath)
         if settings.url.value:
-            parse_server_url(settings.url.value)
+            check_url(settings.url.value)
     except ConfigurationError as exc:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
     return settings
@@ -139,12 +137,14 @@ def _only_asks_for_help(namespace: object) -> bool:
 
 def _start_local_server_now(run: Run) -> None:
     """Exported URLs must exist before conftest files import: no lazy start for them."""
+    from .server.per_run import describe, start_now
+
     try:
         server = start_now(run.own_server())
     except PgTemplateError as exc:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
     run.identity = replace(run.identity, server_url=server.url)
-    run.report.record(ServerUsed(describe_local(server, started_here=True), started_here=True))
+    run.report.record(ServerUsed(describe(server, started_here=True), started_here=True))
 
 
 def _export_env(run: Run) -> None:
@@ -195,26 +195,33 @@ def pytest_report_header(config: pytest.Config) -> str:
     settings = run.settings
     sources = settings.sources
     if settings.url.value:
-        server = f"{run.server_url().render_as_string()} ({sources['url'].source})"
+        server = f"{redact(settings.url.value)} ({sources['url'].source})"
     elif run.identity.server_url:
         server = _started_here(run.report) or "own"
     else:
         server = "own, started on first use (no pgtemplate_url)"
     return (
-        f"pgtemplate: server {server}, schema from {_schema_source(run)}, "
+        f"pgtemplate: server {server}, schema {_schema_source(run)}, "
         f"reset {settings.reset} ({sources['reset'].source}), project {settings.project}"
     )
 
 
 def _schema_source(run: Run) -> str:
     """Only the source in use; what its fingerprint covers when that is not obvious."""
+    settings = run.settings
+    ini = settings.alembic_ini
+    if not (settings.migrate or settings.metadata) and ini is not None and not ini.exists():
+        return (
+            f"not configured (no {ini.name} in {ini.parent}: set pgtemplate_alembic_ini, "
+            "pgtemplate_migrate or pgtemplate_metadata)"
+        )
     try:
         migrator = run.migrator()
         if run.settings.migrate:
-            return f"{migrator.describe()} ({migrator.fingerprint_note()})"
-        return migrator.describe()
+            return f"from {migrator.describe()} ({migrator.fingerprint_note()})"
+        return f"from {migrator.describe()}"
     except PgTemplateError as exc:
-        return f"(not usable: {exc})"
+        return f"not usable ({exc})"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -249,6 +256,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stderr.write(f"pytest-pgtemplate: cleaning up at the end of the run: {exc}\n")
     finally:
         if run.identity.owner_pid == os.getpid() and not run.settings.url.value:
+            from .server.per_run import stop_owned
+
             stop_owned(run.own_server())
 
 

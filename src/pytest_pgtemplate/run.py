@@ -12,24 +12,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy.engine import URL, make_url
+from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError, PgTemplateError
 from .identity import RunIdentity
-from .migrators import Migrator, build_migrator
 from .naming import worker_database_name
 from .report import Report, ServerUsed
-from .server import reaper
-from .server.connection import Server
-from .server.own import read_running
-from .server.per_run import LocalServerRequest, ensure_started
-from .server.per_run import describe as describe_own
 from .settings import Settings
-from .sweep import drop_quietly, sweepable
-from .template import BuildOptions
-from .urls import libpq, parse_server_url, redacted
-from .worker import WorkerDatabase, worker_database
+from .urls import redact
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from .migrators import Migrator
+    from .server.connection import Server
+    from .server.per_run import LocalServerRequest
+    from .template import BuildOptions
+    from .worker import WorkerDatabase
+
+# The engine room (SQLAlchemy, asyncpg, alembic) is imported by the methods that need it: a run
+# whose tests never ask for a database never loads it.
 
 NO_URL_MESSAGE = (
     "pytest-pgtemplate needs a PostgreSQL server: set pgtemplate_url in your pytest config, "
@@ -53,6 +55,8 @@ class Run:
 
     def server_url(self) -> URL:
         """The server the settings name, or the own one its owner started before the workers."""
+        from .urls import parse_server_url
+
         given = self.settings.url.value or self.identity.server_url
         if not given:
             raise ConfigurationError(NO_URL_MESSAGE)
@@ -62,6 +66,8 @@ class Run:
         return bool(self.settings.url.value or self.identity.server_url)
 
     def own_server(self) -> LocalServerRequest:
+        from .server.per_run import LocalServerRequest
+
         settings = self.settings
         return LocalServerRequest(
             self.identity.owner_pid, settings.bin_dir, settings.cache_dir, False
@@ -72,14 +78,21 @@ class Run:
 
     def worker_urls(self, server_url: URL) -> WorkerDatabase:
         """Deterministic, so they can be exported before the database exists (no connection)."""
+        from .urls import libpq
+        from .worker import worker_database
+
         return worker_database(libpq(server_url), self.worker_name())
 
     def migrator(self) -> Migrator:
+        from .migrators import build_migrator
+
         if self._migrator is None:
             self._migrator = build_migrator(self.settings, self.rootdir)
         return self._migrator
 
     def build_options(self, lock_dir: Path) -> BuildOptions:
+        from .template import BuildOptions
+
         settings = self.settings
         return BuildOptions(
             lock_dir, settings.lock_timeout, settings.project, settings.keep_templates
@@ -91,6 +104,12 @@ class Run:
 
     def open_server(self, lock_dir: Path) -> Server:
         """``lock_dir`` is shared by the run's workers: the plugin's own server starts once."""
+        from sqlalchemy.engine import make_url
+
+        from .server.connection import Server
+        from .server.per_run import describe, ensure_started
+        from .urls import libpq, redacted
+
         if self.has_server_url():
             url, started = self.server_url(), bool(self.identity.server_url)
             note = f"{'own ' if started else ''}PostgreSQL at {redacted(url)}"
@@ -98,7 +117,7 @@ class Run:
         else:
             own, here = ensure_started(self.own_server(), lock_dir, self.settings.lock_timeout)
             url, started = make_url(own.url), True
-            used = ServerUsed(describe_own(own, started_here=here), started_here=here)
+            used = ServerUsed(describe(own, started_here=here), started_here=here)
         server = Server.connect(libpq(url), started_by_plugin=started)
         server.report = self.report
         self.report.record(used)
@@ -110,14 +129,14 @@ class Run:
         A server the configuration does not name (a conftest's own ``pg_server``) is written
         where the run's controller finds it, so it can sweep there after a worker crash.
         """
+        from .sweep import drop_quietly, sweepable
+
         if server.key in self._servers:
             return self._servers[server.key]
         self._servers[server.key] = server
         if server.report is not self.report:
             server.report = self.report
-            self.report.record(
-                ServerUsed(f"PostgreSQL at {redacted(make_url(server.url))} (pg_server)")
-            )
+            self.report.record(ServerUsed(f"PostgreSQL at {redact(server.url)} (pg_server)"))
         server.run_id = self.identity.run_id
         if not configured:
             record_server(self._servers_file(), server.url)
@@ -127,6 +146,9 @@ class Run:
 
     def sweep_after_crash(self) -> None:
         """The controller outlives a crashed worker: it drops what the worker could not."""
+        from .server.connection import Server
+        from .server.own import read_running
+
         urls = recorded_servers(self._servers_file())
         configured = self.settings.url.value or self.identity.server_url
         if not configured:
@@ -178,6 +200,8 @@ def recorded_servers(path: Path) -> list[str]:
 
 def prune_recorded(directory: Path) -> None:
     """Files of runs whose owner is gone (killed before its end could remove them)."""
+    from .server import reaper
+
     for path in directory.glob("*-*.servers"):
         pid = path.stem.rpartition("-")[2]
         if pid.isdigit() and not reaper.alive(int(pid)):

@@ -6,11 +6,15 @@ imports the other.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
 
 from .report import Report
 from .run import Run
-from .worker import WorkerDatabase
+
+if TYPE_CHECKING:
+    from .worker import WorkerDatabase
 
 RUN = pytest.StashKey[Run]()
 """config: this process's settings, identity, report and the servers it met."""
@@ -20,5 +24,5 @@ WORKER_REPORTS = pytest.StashKey[list[Report]]()
 """config (xdist controller): what each worker did, as it finished."""
 CRASHED = pytest.StashKey[bool]()
 """config (xdist controller): a worker crashed, so the controller sweeps at the end."""
-USED_DATABASE = pytest.StashKey[WorkerDatabase]()
+USED_DATABASE: pytest.StashKey[WorkerDatabase] = pytest.StashKey()
 """item: the test used the worker database (for ``--pgtemplate-keep-failed``)."""

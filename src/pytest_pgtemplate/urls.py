@@ -1,21 +1,66 @@
-"""One server URL, rendered for each consumer: asyncpg, SQLAlchemy drivers, libpq tools."""
+"""One server URL, rendered for each consumer: asyncpg, SQLAlchemy drivers, libpq tools.
+
+SQLAlchemy's ``URL`` does the work, imported only when a URL is used: loading SQLAlchemy costs a
+run a tenth of a second, which a run with no database test must not pay. ``check_url`` and
+``redact`` serve the start of a run without it.
+"""
 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import MutableMapping
-
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from typing import TYPE_CHECKING
 
 from .errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
 _POSTGRES_BACKENDS = ("postgresql", "postgres")
+_EXAMPLE = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def check_url(raw: str, what: str = "pgtemplate_url") -> None:
+    """The mistakes a URL can hold, each named (a port of ``abc`` or ``99999``, another
+    database system), before anything connects."""
+    parts = urllib.parse.urlsplit(raw.strip())
+    backend = parts.scheme.split("+", 1)[0]
+    if not parts.scheme or (not parts.netloc and "host=" not in parts.query):
+        raise ConfigurationError(
+            f"{what} {redact(raw)!r} is not a database URL; expected e.g. {_EXAMPLE!r}"
+        )
+    if backend not in _POSTGRES_BACKENDS:
+        raise ConfigurationError(
+            f"{what} must point at PostgreSQL (got scheme {parts.scheme!r}); "
+            f"expected e.g. {_EXAMPLE!r}"
+        )
+    try:
+        parts.port  # noqa: B018  (the property is what parses and range-checks the port)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{what} {redact(raw)!r} has a bad port ({exc}): give a number from 1 to 65535, "
+            "e.g. 5432"
+        ) from None
+
+
+def redact(raw: str) -> str:
+    """``raw`` with its password (if any) masked, without parsing it as SQLAlchemy does."""
+    parts = urllib.parse.urlsplit(raw.strip())
+    user, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in user:
+        return raw.strip()
+    netloc = f"{user.partition(':')[0]}:***@{host}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def parse_server_url(raw: str) -> URL:
     """Parse a user-supplied URL and normalise it to the plain ``postgresql`` scheme."""
-    example = "postgresql://postgres@127.0.0.1:5432/postgres"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    check_url(raw)
+    example = _EXAMPLE
     try:
         url = make_url(raw.strip())
     except ArgumentError:
@@ -54,6 +99,8 @@ def redacted(url: URL) -> str:
 def export_values(entries: tuple[str, ...], url: str) -> dict[str, str]:
     """``NAME`` gets ``url`` as given; ``NAME={field}`` one part of it, for settings split in
     parts (``POSTGRES_SERVER={host}``, ``POSTGRES_DB={database}``)."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     parts = {
         "url": with_driver(parsed, "asyncpg"),

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import URL
-
 from ..errors import MigrationError
 from ..urls import with_driver
 from ._base import Verified, exported, heads_match
@@ -31,6 +29,7 @@ from ._scripts import AlembicScripts
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.engine import URL
 
 _POSTGRES_BACKENDS = ("postgresql", "postgres")
 _ASYNC_ENV = re.compile(r"async_engine_from_config|create_async_engine|AsyncEngine|asyncio")
@@ -158,6 +157,8 @@ class AlembicMigrator:
         if is_connection_problem(exc):
             return connection_message(exc)
         if is_setup_problem(exc):
+            from sqlalchemy.engine import URL
+
             configured = self.url_for_env(URL.create("postgresql")).split("://")[0]
             driver = configured.partition("+")[2]
             return setup_message(exc, driver, str(self.ini_path))

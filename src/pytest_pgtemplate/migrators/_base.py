@@ -7,11 +7,12 @@ import os
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ..urls import export_values
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 T = TypeVar("T")
 

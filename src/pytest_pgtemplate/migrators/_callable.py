@@ -7,9 +7,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, MigrationError
 from ..fingerprint import PackageFiles, declared_files, file_parts, labelled, package_files
@@ -17,6 +15,9 @@ from ..urls import with_driver
 from ._base import Verified, describe_error, exported, heads_match, run_coroutine
 from ._checks import check_contents
 from ._scripts import AlembicScripts
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 @dataclass

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from ..errors import MigrationError
 from ._base import Verified
 from ._failures import elsewhere_message, empty_message
 from ._inspect import inspect_database
 from ._scripts import AlembicScripts
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 
 def check_contents(url: URL, what: str, alembic_ini: Path | None) -> Verified:

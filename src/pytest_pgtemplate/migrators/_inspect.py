@@ -7,13 +7,14 @@ DATABASE_URL); marking that empty template finished would fail every test of eve
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import asyncpg
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from ..naming import quote_ident
 from ..urls import libpq
 from ._base import Verified, run_coroutine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 # Alembic's version table: ``alembic_version`` by default, any name with ``version_table=``;
 # its only column is ``version_num``. Look in every schema (``version_table_schema=``).
@@ -66,6 +67,8 @@ def inspect_database(url: URL) -> Contents:
 
 
 async def _inspect(url: URL) -> Contents:
+    import asyncpg
+
     conn = await asyncpg.connect(libpq(url))
     try:
         found = await conn.fetch(_VERSION_TABLES)

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import URL
-
 from ..errors import ConfigurationError, MigrationError
 from ..naming import quote_ident
 from ..urls import with_driver
@@ -22,6 +20,7 @@ from ._scripts import AlembicScripts
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
+    from sqlalchemy.engine import URL
 
 
 @dataclass

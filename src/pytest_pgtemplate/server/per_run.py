@@ -11,11 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-from sqlalchemy.engine import make_url
-
 from ..errors import LockTimeoutError
-from ..urls import redacted
+from ..urls import redact
 from .binaries import find_binaries
 from .own import OwnServer, cache_root, read_running, start, stop
 
@@ -36,6 +33,8 @@ def ensure_started(
     request: LocalServerRequest, lock_dir: Path, timeout: float
 ) -> tuple[OwnServer, bool]:
     """The run's server, and whether this call started it."""
+    from filelock import FileLock, Timeout  # it loads asyncio: not at the plugin's import
+
     lock = FileLock(str(lock_dir / "pgtemplate-server.lock"), timeout=timeout)
     try:
         with lock:
@@ -72,5 +71,5 @@ def describe(server: OwnServer, *, started_here: bool) -> str:
     )
     return (
         f"own PostgreSQL {binaries.version} ({binaries.origin}: {binaries.bin_dir}; {how}) "
-        f"at {redacted(make_url(server.url))}"
+        f"at {redact(server.url)}"
     )

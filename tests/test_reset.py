@@ -634,6 +634,8 @@ SCHEMA_CHANGES = {
     "alter sequence options": "ALTER SEQUENCE untouched_seq INCREMENT BY 5",
     "rename sequence": "ALTER SEQUENCE untouched_seq RENAME TO touched_seq",
     "create extension": "CREATE EXTENSION IF NOT EXISTS citext",
+    "cluster (marks an index)": "CLUSTER team USING team_pkey",
+    "always rule": "CREATE RULE keep AS ON DELETE TO team DO ALSO NOTIFY gone",
 }
 
 
@@ -647,6 +649,16 @@ async def test_schema_change_is_detected_and_rows_are_left_alone(fresh: Fresh, d
     left = await fresh.test.fetchval("SELECT count(*) FROM app.country WHERE code = 'xx'")
     assert left == 1, "nothing is restored when the database is to be replaced"
     assert (await fresh.resetter.ensure_pristine()).schema_changed, "and it stays detected"
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["GRANT CONNECT ON DATABASE {name} TO PUBLIC", "ALTER DATABASE {name} CONNECTION LIMIT 50"],
+)
+async def test_a_change_to_the_database_itself_is_detected(fresh: Fresh, change: str) -> None:
+    """Shared objects fire no event trigger: the database's own row is compared."""
+    await fresh.test.execute(change.format(name=f'"{fresh.name}"'))
+    assert (await fresh.resetter.reset("restore")).schema_changed
 
 
 async def test_the_warning_names_the_ddl(fresh: Fresh) -> None:
@@ -696,7 +708,6 @@ async def test_temporary_objects_are_no_schema_change(fresh: Fresh) -> None:
         "CHECKPOINT",
         "VACUUM FULL note",
         "REINDEX TABLE note",
-        "CLUSTER team USING team_pkey",
     ],
 )
 async def test_maintenance_is_no_schema_change(fresh: Fresh, maintenance: str) -> None:

@@ -4,8 +4,11 @@ A worker holds a session-level advisory lock named after each database it owns (
 a shared one on the template it clones (template use); the server releases them when the
 connection ends, however the process ends. Other runs judge "dead" by taking those locks, so a
 lost lease would let them drop this run's databases: it is taken again before any further
-database work, or the run stops with an error. Nothing else ever runs on this connection, so a
-sweep (on another connection) can never take a lock this process holds.
+database work, or the run stops with an error.
+
+The same connection does the process's admin work (CREATE, DROP, sweeps): one connection per
+worker fewer on a busy server. A session can always take a lock it holds itself, so this
+process's own sweeps skip what this claim holds (``holds``) instead of trusting the lock there.
 """
 
 from __future__ import annotations
@@ -68,7 +71,11 @@ class Claim:
             if not verify or await self._answers():
                 return
             self._conn.terminate()
-        self._conn = await connect(self.url, self.connect_timeout)
+        await self.adopt(await connect(self.url, self.connect_timeout))
+
+    async def adopt(self, conn: asyncpg.Connection) -> None:
+        """Make ``conn`` the claim's connection and take every lock (again) on it."""
+        self._conn = conn
         await self._conn.execute(_SESSION_SETUP)
         await _refuse_transaction_pooling(self._conn, self.url)
         for name in sorted(self.owned):
@@ -83,6 +90,16 @@ class Claim:
             )
         if self.owned or self.templates:
             self.renewals += 1
+
+    @property
+    def connection(self) -> asyncpg.Connection:
+        """For the process's admin work; call ``ensure`` first."""
+        assert self._conn is not None, "ensure() first"
+        return self._conn
+
+    def holds(self, kind: str, name: str, owner: str) -> bool:
+        """Whether this claim keeps the database alive: a sweep here must not judge it."""
+        return name in self.templates if kind == "template" else (owner or name) in self.owned
 
     async def claim(self, name: str) -> None:
         """Claim a database name before creating it; a live claim elsewhere is a collision."""

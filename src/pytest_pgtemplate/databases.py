@@ -78,7 +78,24 @@ async def drop(admin: asyncpg.Connection, name: str) -> None:
         return
     if exists:
         await admin.execute(f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE false")
-    await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    except asyncpg.InsufficientPrivilegeError:
+        # FORCE must end every session, which a role may not do to another role's (an
+        # autovacuum worker's): a plain DROP cancels autovacuum itself.
+        await _drop_when_free(admin, name)
+
+
+async def _drop_when_free(admin: asyncpg.Connection, name: str) -> None:
+    deadline = time.monotonic() + _CLONE_RETRY_SECONDS
+    while True:
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+            return
+        except asyncpg.ObjectInUseError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
 
 
 @dataclass(frozen=True)

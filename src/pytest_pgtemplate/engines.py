@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import util as sa_util
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -67,6 +68,8 @@ class _Entry:
     engine: Any  # AsyncEngine or Engine
     database: object
     generation: int
+    cleaning: bool = False
+    """At a test's end: every checkout cleans, for the next test (its epoch is one more)."""
 
 
 @dataclass
@@ -77,6 +80,8 @@ class EnginePool:
     runner: LoopRunner | None = None
     sync: bool = False
     _entries: dict[str, _Entry] = field(default_factory=dict)
+    closes_with_loop: bool = False
+    """A function-scoped loop's: its connections close when the test ends, clean or not."""
 
     def engine(self, database: Database) -> Any:
         url = database.sync_url if self.sync else database.url
@@ -84,6 +89,10 @@ class EnginePool:
         if entry is None:
             entry = self._entries[url] = _Entry(self._create(url), database, generation(database))
             _clean_on_reuse(entry)
+            if (not self.closes_with_loop and self.runner is not None) or self.sync:
+                add = getattr(database, "add_cleaner", None)  # its reset cleans them too
+                if add is not None:
+                    add(lambda: self.clean_idle(database))
         elif entry.generation != generation(database):
             _sync_side(entry.engine).dispose(close=False)
             entry.generation = generation(database)
@@ -113,9 +122,28 @@ class EnginePool:
             elif self.run(entry.engine.dispose()) is None:
                 _sync_side(entry.engine).dispose(close=False)
 
+    def clean_idle(self, database: Database) -> None:
+        """At a test's end, the pooled connections it leaves lose their session state, so none
+        outlives it (an advisory lock would block the next test's other connections)."""
+        entry = self._entries.get(database.sync_url if self.sync else database.url)
+        if entry is None or isinstance(_sync_side(entry.engine).pool, NullPool):
+            return
+        if entry.generation != generation(database):  # re-cloned: the pool points at nothing
+            _sync_side(entry.engine).dispose(close=False)
+            entry.generation = generation(database)
+            return
+        entry.cleaning = True
+        try:
+            if self.sync:
+                _clean_each(entry.engine)
+            else:
+                self.run(_clean_each_async(entry.engine))
+        finally:
+            entry.cleaning = False
+
     def on_loop(self, runner: LoopRunner) -> EnginePool:
         """The same engines on another loop (function-scoped loops never overlap)."""
-        return EnginePool(runner, self.sync, self._entries)
+        return EnginePool(runner, self.sync, self._entries, closes_with_loop=True)
 
     def _create(self, url: str) -> Any:
         if self.sync:
@@ -137,12 +165,41 @@ def _clean_on_reuse(entry: _Entry) -> None:
 
     def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         now = epoch(entry.database)
-        if record.info.get(_EPOCH) != now:
-            clean(dbapi_connection)
-            record.info[_EPOCH] = now
+        if entry.cleaning or record.info.get(_EPOCH) != now:
+            try:
+                clean(dbapi_connection)
+            except Exception as exc:  # a connection the server ended: the pool replaces it
+                raise DisconnectionError(f"pytest-pgtemplate: {exc}") from exc
+            record.info[_EPOCH] = now + 1 if entry.cleaning else now
 
     event.listen(pool, "connect", connected)
     event.listen(pool, "checkout", checked_out)
+
+
+def _idle(engine: Any) -> int:
+    pool = _sync_side(engine).pool
+    return int(pool.checkedin()) if hasattr(pool, "checkedin") else 0
+
+
+def _clean_each(engine: Engine) -> None:
+    """Check every idle connection out at once (each checkout cleans it), then back in."""
+    held = []
+    try:
+        for _ in range(_idle(engine)):
+            held.append(engine.connect())
+    finally:
+        for connection in held:
+            connection.close()
+
+
+async def _clean_each_async(engine: AsyncEngine) -> None:
+    held = []
+    try:
+        for _ in range(_idle(engine)):
+            held.append(await engine.connect())
+    finally:
+        for connection in held:
+            await connection.close()
 
 
 def clean(dbapi_connection: Any) -> None:

@@ -121,6 +121,7 @@ def pg_database(
     request.node.stash[USED_DATABASE] = pg_worker_database
     yield pg_worker_database
     with _user_errors():
+        pg_worker_database.clean_connections()
         after = pg_worker_database.reset(strategy)
     _warn_about(after, test, pg_worker_database)
 

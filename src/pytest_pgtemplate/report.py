@@ -25,6 +25,7 @@ class TemplateReady:
     name: str
     built: bool
     seconds: float = 0.0
+    source: str = ""  # ``built`` (migrated), ``archive`` (restored from pgtemplate_archive_dir)
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,8 @@ class Run:
         server = Server.connect(libpq(url), started_by_plugin=started)
         server.report = self.report
         self.report.record(used)
+        if self.identity.worker_id in ("gw0", "main"):  # once per run
+            warn_if_short_of_connections(server, int(os.environ.get(_WORKERS, "1")))
         return self.adopt(server, configured=True)
 
     def adopt(self, server: Server, *, configured: bool = False) -> Server:
@@ -179,6 +181,44 @@ class Run:
     def _servers_file(self) -> Path:
         name = f"{self.identity.run_id}-{self.identity.owner_pid}.servers"
         return self.own_server().cache / "runs" / name
+
+
+_WORKERS = "PYTEST_XDIST_WORKER_COUNT"
+CONNECTIONS_PER_WORKER = 3
+"""The plugin's own two (its claim, which also does the admin work, and the resetter's on the
+worker database) and the test's engine's first."""
+_CONNECTIONS = """
+SELECT current_setting('max_connections')::int AS most,
+       CASE WHEN current_setting('is_superuser') = 'on' THEN 0
+            ELSE current_setting('superuser_reserved_connections')::int END AS reserved,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'
+          AND application_name <> 'pytest-pgtemplate lease') AS others
+"""
+
+
+def warn_if_short_of_connections(server: Server, workers: int) -> None:
+    """At the start: ``-n 25`` on a server of 100 connections fails every test with a driver's
+    'too many clients'; say so once, with the numbers and the fixes."""
+    import warnings
+
+    from .errors import PgTemplateWarning
+
+    row = server.run(server.admin().fetchrow(_CONNECTIONS))
+    free = row["most"] - row["reserved"] - row["others"]
+    needed = workers * CONNECTIONS_PER_WORKER
+    if free >= needed:
+        return
+    fits = max(free // CONNECTIONS_PER_WORKER, 1)
+    warnings.warn(
+        PgTemplateWarning(
+            f"pytest-pgtemplate: {workers} worker(s) need about {needed} connections "
+            f"({CONNECTIONS_PER_WORKER} each: the plugin's 2 and a test's engine), but the server "
+            f"allows {row['most']} ({row['reserved']} reserved for superusers) and {row['others']} "
+            f"are in use by others: {free} left. Run fewer workers (-n {fits}), raise "
+            "max_connections on the server, or use the plugin's own server (no pgtemplate_url)."
+        ),
+        stacklevel=2,
+    )
 
 
 def record_server(path: Path, url: str) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,17 +21,18 @@ import asyncpg
 from filelock import FileLock, Timeout
 from sqlalchemy.engine import URL, make_url
 
-from . import databases
+from . import archive, databases
 from ._version import __version__
 from .aio import BackgroundLoop
+from .archive import Archive
 from .claim import Claim, build_lock_key
-from .errors import LockTimeoutError, MigrationError, PgTemplateError
+from .errors import LockTimeoutError, MigrationError, PgTemplateError, PgTemplateWarning
 from .fingerprint import hash_parts
 from .migrators import Migrator, Verified
 from .naming import DatabaseTag, now_iso, template_name
 from .report import TemplateReady
 from .reset.install import install
-from .server.admin import driver_errors
+from .server.admin import DRIVER_ERRORS, driver_errors
 from .server.connection import Server
 from .sweep import drop_quietly, surplus_templates
 from .urls import for_database, libpq
@@ -48,6 +50,8 @@ class TemplateInfo:
     reused: bool
     """True when an earlier run or another worker built it; False when this process did."""
     build_seconds: float = 0.0
+    source: str = "reused"
+    """``reused``, ``built`` (migrated here) or ``archive`` (restored from the archive)."""
     heads: tuple[str, ...] = ()
     """The alembic heads it holds; more than one is a deploy's ``alembic upgrade head`` failing."""
 
@@ -61,6 +65,7 @@ class BuildOptions:
     lock_timeout: float
     project: str
     keep_templates: int
+    archive: Archive | None = None
 
 
 def template_for(server: Server, migrator: Migrator, options: BuildOptions) -> TemplateInfo:
@@ -76,6 +81,8 @@ def template_for(server: Server, migrator: Migrator, options: BuildOptions) -> T
         lock_timeout=options.lock_timeout,
         run_id=server.run_id,
         project=options.project,
+        archive=options.archive,
+        server_major=server.major,
     )
     with driver_errors(
         f"looking up or building template {request.name}",
@@ -88,7 +95,7 @@ def template_for(server: Server, migrator: Migrator, options: BuildOptions) -> T
             lambda entries: surplus_templates(entries, options.project, options.keep_templates),
             "dropping old templates",
         )
-    server.report.record(TemplateReady(info.name, not info.reused, info.build_seconds))
+    server.report.record(TemplateReady(info.name, not info.reused, info.build_seconds, info.source))
     return replace(info, heads=migrator.expected_heads() or ())
 
 
@@ -102,6 +109,8 @@ class BuildRequest:
     lock_timeout: float
     run_id: str
     project: str
+    archive: Archive | None = None
+    server_major: int = 0
 
     @property
     def failure_note(self) -> Path:
@@ -152,30 +161,67 @@ def _trusted(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequ
 
 def _build(loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest) -> TemplateInfo:
     started = time.perf_counter()
-    marker = DatabaseTag(
+    tag = DatabaseTag(
         "template", fingerprint=request.fingerprint, project=request.project, created=now_iso()
     )
-    loop.run(databases.create_empty(admin, request.name, marker))
+    url = for_database(request.server_url, request.name)
+    loop.run(databases.create_empty(admin, request.name, tag))
     try:
-        verified = _run_without_event_loop(
-            request.migrator, for_database(request.server_url, request.name)
-        )
-        loop.run(_install_tracking(for_database(request.server_url, request.name)))
+        verified, source = _from_archive(loop, admin, request, tag)
+        if verified is None:
+            verified, source = _run_without_event_loop(request.migrator, url, _migrate), "built"
+            if request.archive is not None:
+                request.archive.store(
+                    request.name,
+                    request.fingerprint,
+                    verified.marker_text,
+                    url,
+                    request.server_major,
+                )
+        loop.run(_install_tracking(url))
         if verified.marker_text:
-            marker = replace(marker, alembic=verified.marker_text)
-            loop.run(databases.set_marker(admin, request.name, marker))
+            tag = replace(tag, alembic=verified.marker_text)
+            loop.run(databases.set_marker(admin, request.name, tag))
         loop.run(databases.mark_finished(admin, request.name))
     except BaseException as exc:
         loop.run(databases.drop(admin, request.name))
         if isinstance(exc, MigrationError):
             request.failure_note.write_text(str(exc))
         raise
-    return TemplateInfo(
-        request.name,
-        request.fingerprint,
-        reused=False,
-        build_seconds=time.perf_counter() - started,
-    )
+    seconds = time.perf_counter() - started
+    return TemplateInfo(request.name, request.fingerprint, False, seconds, source)
+
+
+def _from_archive(
+    loop: BackgroundLoop, admin: asyncpg.Connection, request: BuildRequest, tag: DatabaseTag
+) -> tuple[Verified | None, str]:
+    """Restore the archived build, verified as a build is; on any doubt, an empty database again
+    (and a warning) for the migrations to build from."""
+    sql = request.archive.load(request.name, request.fingerprint) if request.archive else None
+    if sql is None:
+        return None, ""
+    url = for_database(request.server_url, request.name)
+    try:
+        loop.run(_run_sql(url, sql))
+        return _run_without_event_loop(request.migrator, url, _verify), "archive"
+    except (PgTemplateError, *DRIVER_ERRORS) as exc:
+        warnings.warn(
+            PgTemplateWarning(
+                f"pytest-pgtemplate: the archived template failed ({exc}): rebuilding"
+            ),
+            stacklevel=2,
+        )
+    loop.run(databases.drop(admin, request.name))
+    loop.run(databases.create_empty(admin, request.name, tag))
+    return None, ""
+
+
+async def _run_sql(url: URL, sql: str) -> None:
+    conn = await asyncpg.connect(libpq(url))
+    try:
+        await archive.restore(conn, sql)
+    finally:
+        await conn.close()
 
 
 async def _install_tracking(url: URL) -> None:
@@ -187,16 +233,22 @@ async def _install_tracking(url: URL) -> None:
         await conn.close()
 
 
-def _migrate_and_verify(migrator: Migrator, url: URL) -> Verified:
+def _migrate(migrator: Migrator, url: URL) -> Verified:
     migrator.migrate(url)
     return migrator.verify(url)
 
 
-def _run_without_event_loop(migrator: Migrator, url: URL) -> Verified:
+def _verify(migrator: Migrator, url: URL) -> Verified:
+    return migrator.verify(url)
+
+
+def _run_without_event_loop(
+    migrator: Migrator, url: URL, step: Callable[[Migrator, URL], Verified]
+) -> Verified:
     """Alembic's async env.py calls asyncio.run(): give it a thread with no running loop."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pgtemplate-migrate") as pool:
         try:
-            return pool.submit(_migrate_and_verify, migrator, url).result()
+            return pool.submit(step, migrator, url).result()
         except PgTemplateError:
             raise
         except Exception as exc:

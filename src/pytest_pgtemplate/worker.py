@@ -63,6 +63,17 @@ class WorkerDatabase:
     _slot: _Clone | None = field(default=None, repr=False)
     _server: Server | None = field(default=None, repr=False)
     """For a database without a reset (``pg_empty_database``): where to drop it."""
+    _cleaners: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def add_cleaner(self, cleaner: Callable[[], None]) -> None:
+        """An engine pool handing out connections to this database, to clean after each test."""
+        self._cleaners.append(cleaner)
+
+    def clean_connections(self) -> None:
+        """After a test: pooled connections lose its session state (an advisory lock held on
+        one would block the next test's other connections until the pool handed it out)."""
+        for cleaner in self._cleaners:
+            cleaner()
 
     @property
     def libpq_url(self) -> str:
@@ -285,6 +296,7 @@ class _Clone:
         return libpq(for_database(make_url(self.origin.server_url), name))
 
     def drop(self) -> None:
+        self._end_leaked()
         self.close_connection()
         self._take_spare()
         for name in (spare_name(self.name), self.name):
@@ -332,12 +344,15 @@ class _Clone:
         return True
 
     def _end_leaked(self) -> tuple[LeakedBackend, ...]:
+        """Before a DROP: open transactions end, prepared ones (DROP refuses them) roll back."""
         if self.resetter is None:
             return ()
         try:
-            return self.server.run(self.resetter.end_leaked_backends())
+            leaked = self.server.run(self.resetter.end_leaked_backends())
+            self.server.run(self.resetter.rollback_prepared())
         except DRIVER_ERRORS:
             return ()
+        return leaked
 
     def _open_resetter(self) -> None:
         origin = self.origin

@@ -118,15 +118,27 @@ def _state(detail: str) -> tuple[str, str]:
 async def _refreshed_without_event_triggers(
     conn: asyncpg.Connection, layout: Layout, watch: Watch, changes: Changes
 ) -> Changes:
-    """A plain REFRESH gives the view a new file; REFRESH CONCURRENTLY writes young rows."""
+    """A plain REFRESH gives the view a new file; REFRESH CONCURRENTLY writes young rows. An
+    unpopulated view cannot be read at all, so the files are looked at first."""
     files = watch.matview_files
+    rows = await conn.fetch(
+        "SELECT oid, relfilenode::bigint AS file, relispopulated FROM pg_class"
+        " WHERE oid = ANY ($1::oid[])",
+        [m.oid for m in layout.matviews],
+    )
+    found = {row["oid"] for row in rows if row["file"] != files.get(row["oid"])}
+    readable = [m for m in layout.matviews if m.oid not in found and _populated(rows, m.oid)]
     ref = "(SELECT value::xid8::xid FROM pgtemplate.state WHERE key = 'ref')"
     probes = [
-        f"SELECT {m.oid}::oid WHERE (SELECT relfilenode FROM pg_class WHERE oid = {m.oid})"
-        f" <> {files.get(m.oid, 0)} OR EXISTS (SELECT FROM {m.name} WHERE age(xmin) < age({ref}))"
-        for m in layout.matviews
+        f"SELECT {m.oid}::oid WHERE EXISTS (SELECT FROM {m.name} WHERE age(xmin) < age({ref}))"
+        for m in readable
     ]
-    found = tuple(row[0] for row in await conn.fetch("\nUNION ALL ".join(probes)))
+    if probes:
+        found |= {row[0] for row in await conn.fetch("\nUNION ALL ".join(probes))}
     if not found:
         return changes
     return replace(changes, refreshed=tuple(sorted({*changes.refreshed, *found})))
+
+
+def _populated(rows: list[asyncpg.Record], oid: int) -> bool:
+    return any(row["oid"] == oid and row["relispopulated"] for row in rows)

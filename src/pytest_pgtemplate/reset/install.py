@@ -38,7 +38,10 @@ SELECT c.oid, c.relkind::text AS kind, format('%I.%I', n.nspname, c.relname) AS 
                AND NOT a.attisdropped) AS overriding,
        ARRAY(SELECT ARRAY[t.tgname::text, t.tgenabled::text] FROM pg_trigger t
              WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgenabled <> 'D'
-               AND t.tgname <> '{sql.MARK_TRIGGER}' ORDER BY t.tgname) AS triggers
+               AND t.tgname <> '{sql.MARK_TRIGGER}' ORDER BY t.tgname) AS triggers,
+       ARRAY(SELECT ARRAY[r.rulename::text, r.ev_enabled::text] FROM pg_rewrite r
+             WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN' AND r.ev_enabled <> 'D'
+             ORDER BY r.rulename) AS rules
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'S', 'm') AND c.relpersistence <> 't' AND {_OUTSIDE}
 ORDER BY name
@@ -139,6 +142,7 @@ def _tables(
                 columns=", ".join(row["columns"]),
                 overriding=row["overriding"],
                 triggers=tuple((name, mode) for name, mode in row["triggers"]),
+                rules=tuple((name, mode) for name, mode in row["rules"]),
             )
         )
     return tuple(tables)
@@ -238,6 +242,8 @@ async def _store(conn: asyncpg.Connection, layout: Layout) -> None:
             ("layout", layout.to_json()),
             ("settings", ""),
             ("event_triggers", await conn.fetchval("SELECT pgtemplate.event_triggers()")),
+            ("clustered", await conn.fetchval(sql.CLUSTERED)),
+            ("database", ""),
         ],
     )
     await conn.execute(

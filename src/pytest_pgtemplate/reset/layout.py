@@ -26,6 +26,7 @@ class Table:
     columns: str = ""  # quoted column list, generated columns left out (they are recomputed)
     overriding: bool = False  # a GENERATED ALWAYS identity column: OVERRIDING SYSTEM VALUE
     triggers: tuple[tuple[str, str], ...] = ()  # (name, pg_trigger.tgenabled) of user triggers
+    rules: tuple[tuple[str, str], ...] = ()  # (name, pg_rewrite.ev_enabled) of its rules
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import asyncpg
 
 from ..errors import ResetError
 from ..naming import DatabaseTag, quote_literal
+from . import sql
 from .check import Backend, Changes, Watch, check
 from .layout import Layout
 from .restore import RestoreStats, restore, settings_statements
@@ -138,7 +139,8 @@ async def _layout(conn: asyncpg.Connection, database: str) -> Layout:
 async def _record_fresh(conn: asyncpg.Connection, database: str) -> tuple[str, ...]:
     await conn.execute(
         "UPDATE pgtemplate.state SET value = CASE key WHEN 'settings' THEN pgtemplate.settings()"
-        " ELSE pg_current_xact_id()::text END WHERE key IN ('settings', 'databases_seen')"
+        f" WHEN 'database' THEN ({sql.DATABASE}) ELSE pg_current_xact_id()::text END"
+        " WHERE key IN ('settings', 'databases_seen', 'database')"
     )
     return tuple(settings_statements(database, await conn.fetch(_SETTINGS)))
 
@@ -178,8 +180,7 @@ class Resetter:
             changes = await self._check(all_sequences)
         prepared = changes.prepared
         if prepared:
-            for gid in prepared:
-                await self.conn.execute(f"ROLLBACK PREPARED {quote_literal(gid)}")
+            await self.rollback_prepared()
             changes = await self._check(all_sequences)
         if changes.busy or changes.prepared:
             raise ResetError("another connection keeps writing to the database during its reset")
@@ -224,6 +225,15 @@ class Resetter:
         return tuple(
             LeakedBackend(row["pid"], row["state"] or "", row["query"] or "") for row in rows
         )
+
+    async def rollback_prepared(self) -> tuple[str, ...]:
+        """Prepared transactions on this database: they hold locks, and DROP DATABASE refuses."""
+        rows = await self.conn.fetch(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        )
+        for row in rows:
+            await self.conn.execute(f"ROLLBACK PREPARED {quote_literal(row['gid'])}")
+        return tuple(row["gid"] for row in rows)
 
     async def _truncate_everything(self) -> ResetOutcome:
         """``truncate-all``: the classic recipe; the check before the next test brings the seed

@@ -28,7 +28,7 @@ from .order import closure
 TRUNCATE_ABOVE_BYTES = 64 * 8192
 # Trigger modes (pg_trigger.tgenabled) that fire with / without session_replication_role=replica.
 _FIRING = {True: frozenset("AR"), False: frozenset("OA")}
-_ENABLE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
+_ENABLE = {"O": "ENABLE", "A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}
 _LARGE_OBJECTS = """DO $$ DECLARE r record; BEGIN
   PERFORM lo_unlink(oid) FROM pg_largeobject_metadata;
   FOR r IN SELECT * FROM pgtemplate.large_objects LOOP
@@ -90,10 +90,11 @@ def script(
 ) -> tuple[list[str], list[str]]:
     """The restore's statements: (up to the last write, the rest up to COMMIT)."""
     superuser = layout.superuser
-    firing = [
-        (t, name, mode)
+    firing = [  # the table's triggers and rules that would fire on the restore's own writes
+        (t, kind, name, mode)
         for t in the_plan.emptied
-        for name, mode in t.triggers
+        for kind, each in (("TRIGGER", t.triggers), ("RULE", t.rules))
+        for name, mode in each
         if mode in _FIRING[superuser]
     ]
     role = (
@@ -102,7 +103,7 @@ def script(
         else "SET CONSTRAINTS ALL DEFERRED"
     )
     head = ["BEGIN", f"SET LOCAL {sql.RESTORING} = 'on'", role]
-    head += [f"ALTER TABLE {t.name} DISABLE TRIGGER {quote_ident(n)}" for t, n, _ in firing]
+    head += [f"ALTER TABLE {t.name} DISABLE {k} {quote_ident(n)}" for t, k, n, _ in firing]
     head += [f"TRUNCATE {', '.join(the_plan.truncate)}"] if the_plan.truncate else []
     head += [f"DELETE FROM ONLY {t.name}" for t in the_plan.emptied if t.oid not in the_plan.cut]
     head += [_refill(t) for t in the_plan.refill]
@@ -114,7 +115,7 @@ def script(
     head += [_refresh(layout, oid) for oid in changes.refreshed]
     head += [_LARGE_OBJECTS] if changes.large_objects else []
     head += [_RESET_SETTINGS, *settings] if changes.settings else []
-    tail = [f"ALTER TABLE {t.name} {_ENABLE[m]} {quote_ident(n)}" for t, n, m in firing]
+    tail = [f"ALTER TABLE {t.name} {_ENABLE[m]} {k} {quote_ident(n)}" for t, k, n, m in firing]
     oids = "{" + ",".join(str(oid) for oid in sorted(the_plan.marks)) + "}"
     tail += [
         f"DELETE FROM pgtemplate.dirty WHERE rel = ANY ('{oids}'::oid[])",

@@ -46,6 +46,7 @@ _COUNTED = (
     ("pg_default_acl", "true", "true", True),  # ALTER DEFAULT PRIVILEGES
     ("pg_statistic_ext", "true", "true", True),  # CREATE STATISTICS
     ("pg_ts_config", "oid >= 16384", "true", True),  # CREATE TEXT SEARCH CONFIGURATION
+    ("pg_depend", "deptype = 'e'", "true", True),  # ALTER EXTENSION ... ADD / DROP
 )
 # Catalogs probed for younger rows only (their deletions change a counted catalog too): the
 # relation a row belongs to is looked up for young rows only, to leave temp tables out.
@@ -165,6 +166,8 @@ UNION ALL SELECT 'X' || row(oid, stxrelid, stxname, stxnamespace, stxowner, stxk
     stxexprs::text)::text FROM pg_statistic_ext
 UNION ALL SELECT 'T' || row(oid, cfgname, cfgnamespace, cfgowner, cfgparser)::text
   FROM pg_ts_config WHERE oid >= 16384
+UNION ALL SELECT 'E' || row(classid, objid, objsubid, refobjid)::text
+  FROM pg_depend WHERE deptype = 'e'
 UNION ALL SELECT 'M' || row(mapcfg, maptokentype, mapseqno, mapdict)::text
   FROM pg_ts_config_map WHERE mapcfg >= 16384
 UNION ALL SELECT 'k' || row(oid, conname, connamespace, contype, condeferrable, condeferred,

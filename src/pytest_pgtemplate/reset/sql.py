@@ -99,6 +99,16 @@ ALTER EVENT TRIGGER pgtemplate_drop ENABLE ALWAYS;
 """
 
 
+CLUSTERED = (
+    "SELECT coalesce(string_agg(indexrelid::text, ',' ORDER BY indexrelid), '') FROM pg_index"
+    " WHERE indisclustered"
+)
+DATABASE = (  # what a test can change of the database itself (a shared object: no event trigger)
+    "SELECT row(datdba, datconnlimit, datacl, datallowconn, dattablespace)::text FROM pg_database"
+    " WHERE datname = current_database()"
+)
+
+
 def mark_trigger(table: str) -> str:
     """``ENABLE ALWAYS``: it fires under ``session_replication_role = replica`` too."""
     return (
@@ -119,7 +129,9 @@ state AS (
   SELECT max(value) FILTER (WHERE key = 'ref') AS ref,
          max(value) FILTER (WHERE key = 'settings') AS settings,
          max(value) FILTER (WHERE key = 'event_triggers') AS event_triggers,
-         max(value) FILTER (WHERE key = 'databases_seen') AS databases_seen
+         max(value) FILTER (WHERE key = 'databases_seen') AS databases_seen,
+         max(value) FILTER (WHERE key = 'clustered') AS clustered,
+         max(value) FILTER (WHERE key = 'database') AS database
   FROM pgtemplate.state WHERE key <> 'layout'),
 marked AS (SELECT DISTINCT rel FROM pgtemplate.dirty)
 SELECT 'busy' AS kind, a.pid::oid AS rel, a.state || ': ' || left(a.query, 120) AS detail
@@ -132,6 +144,13 @@ UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d WHERE d.kind = 's
 UNION ALL SELECT 'schema', NULL, 'CREATE, ALTER or DROP EVENT TRIGGER' FROM state
 WHERE (SELECT coalesce(string_agg(evtname || ':' || evtenabled::text, ',' ORDER BY evtname), '')
        FROM pg_event_trigger) IS DISTINCT FROM state.event_triggers
+UNION ALL SELECT 'schema', NULL, 'CLUSTER (an index marked clustered)' FROM state
+WHERE (SELECT coalesce(string_agg(indexrelid::text, ',' ORDER BY indexrelid), '') FROM pg_index
+       WHERE indisclustered) IS DISTINCT FROM state.clustered
+UNION ALL SELECT 'schema', NULL, 'ALTER or GRANT ON DATABASE (owner, ACL, connection limit)'
+FROM state, pg_database d
+WHERE d.datname = current_database() AND row(d.datdba, d.datconnlimit, d.datacl, d.datallowconn,
+      d.dattablespace)::text IS DISTINCT FROM state.database
 UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d
 JOIN pgtemplate.sequences s ON s.rel = d.rel
 WHERE d.kind = 'sequence' AND pgtemplate.sequence_options(d.rel) IS DISTINCT FROM s.options

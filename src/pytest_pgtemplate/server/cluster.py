@@ -29,6 +29,7 @@ _TUNING = {  # a throwaway test server: durability buys nothing (see shared/MEAS
     "jit": "off",
     "shared_buffers": "128MB",
     "max_connections": "200",
+    "max_prepared_transactions": "20",  # tests of two-phase commit run on the own server too
     "listen_addresses": "'127.0.0.1'",
 }
 

@@ -42,7 +42,6 @@ class Server:
     report: Report = field(default_factory=Report, repr=False)
     run_id: str = ""
     """The run whose claims this process holds here; set when the run adopts the server."""
-    _admin: asyncpg.Connection | None = field(default=None, repr=False)
     _claim: Claim | None = field(default=None, repr=False)
     _created: dict[str, None] = field(default_factory=dict, repr=False)
 
@@ -64,8 +63,8 @@ class Server:
         except BaseException:
             loop.run(admin.close())
             raise
-        server = cls(info, loop, connect_timeout, _admin=admin)
-        server.run(server.claim.ensure())
+        server = cls(info, loop, connect_timeout)
+        server.run(server.claim.adopt(admin))
         return server
 
     @property
@@ -113,10 +112,9 @@ class Server:
         return self._claim
 
     def admin(self) -> asyncpg.Connection:
-        """The admin connection, reconnected if the server ended it; never the claim's."""
-        if self._admin is None or self._admin.is_closed():
-            self._admin = self.loop.run(connect(make_url(self.info.url), self.connect_timeout))
-        return self._admin
+        """The claim's connection, replaced (locks and all) if the server ended it."""
+        self.run(self.claim.ensure())
+        return self.claim.connection
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run database work on the plugin's background loop (fixtures are synchronous)."""
@@ -137,7 +135,7 @@ class Server:
 
     def close(self) -> None:
         """Drop what this process registered and did not drop yet, then release the claim (and
-        with it every lock) and the admin connection; idempotent."""
+        with it every lock); idempotent."""
         try:
             for name in list(self._created):
                 self.drop_own(name)
@@ -145,13 +143,5 @@ class Server:
             self._close_connections()
 
     def _close_connections(self) -> None:
-        admin, self._admin = self._admin, None
-        try:
-            if self._claim is not None:
-                self.run(self._claim.close())
-        finally:
-            if admin is not None and not admin.is_closed():
-                try:
-                    self.run(admin.close(timeout=5))
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-                    admin.terminate()
+        if self._claim is not None:
+            self.run(self._claim.close())

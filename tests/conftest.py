@@ -95,6 +95,27 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[ENV_VAR] = suite.url  # modules and subprocesses that read the variable agree
 
 
+SMOKE = (
+    "test_first_run.py::test_alembic_init_async_and_the_quick_start_pass_on_the_first_run",
+    "test_core.py::test_migrations_run_once_and_each_worker_has_its_own_database",
+    "test_reset.py::test_random_work_is_undone_exactly[superuser]",
+    "test_reset.py::test_schema_change_is_detected_and_rows_are_left_alone[comment on table]",
+    "test_chain.py::test_a_conftest_pg_database_redirects_engines_and_sessions",
+    "test_chain.py::test_connections_start_every_test_clean[restore]",
+    "test_strategies.py::test_exact_strategies_restore_seed_rows_and_sequences[rollback]",
+    "test_sync.py::test_sync_fixtures_are_reset_exactly[restore]",
+    "test_inert.py::test_a_suite_without_database_tests_loads_nothing",
+    "test_own_server_security.py",
+)
+"""``-m smoke``: one test of each part, a minute's worth, chosen here rather than in the modules."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.nodeid.removeprefix("tests/").startswith(each) for each in SMOKE):
+            item.add_marker(pytest.mark.smoke)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _SUITE:
         _SUITE.pop().close()

@@ -131,7 +131,8 @@ def _major(tool: Path) -> int | None:
 
 def _dump(tool: str, url: URL) -> bytes:
     password = url.password
-    target = url.set(drivername="postgresql", password=None).render_as_string()
+    # URL.set(password=None) keeps the password (None means "unchanged"): replace the field
+    target = url._replace(password=None).set(drivername="postgresql").render_as_string()
     env = {**os.environ, **({"PGPASSWORD": str(password)} if password else {})}
     done = subprocess.run(
         [tool, "--format=plain", "--no-owner", f"--rows-per-insert={_ROWS_PER_INSERT}", target],

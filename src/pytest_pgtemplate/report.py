@@ -92,11 +92,13 @@ def _summary(reports: Sequence[Report], owner_note: str) -> str:
     started = [s.text for s in servers if s.started_here]
     server = owner_note or next(iter(started), servers[0].text if servers else "")
     template = reports[0].of(TemplateReady)[0].name
-    builders = [(r.worker, t.seconds) for r in reports for t in r.of(TemplateReady) if t.built]
+    made = [(r.worker, t) for r in reports for t in r.of(TemplateReady) if t.built]
     how = "reused (no migration ran)"
-    if builders:
-        how = "built by " + ", ".join(
-            f"{worker} in {seconds:.2f} s" for worker, seconds in builders
+    if made:
+        how = ", ".join(
+            f"{'restored from archive' if t.source == 'archive' else 'built'} by {worker} in "
+            f"{t.seconds:.2f} s"
+            for worker, t in made
         )
     clones = [c for r in reports for c in r.of(WorkerCloned)]
     clone_ms = 1000 * sum(c.seconds for c in clones) / max(len(clones), 1)

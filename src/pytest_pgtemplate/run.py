@@ -91,11 +91,13 @@ class Run:
         return self._migrator
 
     def build_options(self, lock_dir: Path) -> BuildOptions:
+        from .archive import Archive
         from .template import BuildOptions
 
         settings = self.settings
+        archive = Archive(settings.archive_dir, settings.bin_dir) if settings.archive_dir else None
         return BuildOptions(
-            lock_dir, settings.lock_timeout, settings.project, settings.keep_templates
+            lock_dir, settings.lock_timeout, settings.project, settings.keep_templates, archive
         )
 
     def next_empty(self) -> int:

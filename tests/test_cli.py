@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +22,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from _harness import suite_cache
+from pytest_pgtemplate._version import __version__
 from pytest_pgtemplate.naming import DatabaseTag
+from pytest_pgtemplate.server import auth, reaper
+from pytest_pgtemplate.server.own import OwnServer, cache_root, stop
+from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
 from pytest_pgtemplate.sweep import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
 
 CREATED = "2026-01-01T00:00:00+00:00"
@@ -338,7 +345,7 @@ def test_gc_scopes_to_the_current_directorys_project_by_default(
 @pytest.mark.parametrize(
     ("args", "given_url", "says"),
     [
-        (("list",), "mysql://root@127.0.0.1/x", "pgtemplate_url must point at PostgreSQL"),
+        (("list",), "mysql://root@127.0.0.1/x", "PGTEMPLATE_URL must point at PostgreSQL"),
         (("list",), "postgresql://postgres@127.0.0.1:1/postgres", "cannot connect to PostgreSQL"),
         (("gc", "--dry-run"), None, "no server: pass --url"),
         (("list", "--json", "--bogus"), None, "unrecognized arguments: --bogus"),
@@ -354,3 +361,204 @@ def test_errors_are_one_line_with_status_2(
     assert done.stderr.count("\n") == 1, done.stderr
     assert says in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return done.stderr.removeprefix("pgtemplate: ").rstrip("\n")
+
+
+def test_version(tmp_path: Path) -> None:
+    assert cli("--version", cwd=tmp_path).stdout == f"pgtemplate {__version__}\n"
+
+
+def test_a_bad_port_is_named_with_where_it_came_from(tmp_path: Path) -> None:
+    bad = "has a bad port: expected a number from 1 to 65535, e.g. 5432"
+    given = "postgresql://postgres@127.0.0.1:99999/postgres"
+    assert one_line_error(cli("list", "--url", given, cwd=tmp_path, check=False)) == (
+        f"--url '{given}' {bad} (got '99999')"
+    )
+    env = "postgresql://postgres:secret@127.0.0.1:0/postgres"
+    assert one_line_error(cli("gc", "--dry-run", cwd=tmp_path, url=env, check=False)) == (
+        f"PGTEMPLATE_URL 'postgresql://postgres:***@127.0.0.1:0/postgres' {bad} (got '0')"
+    )
+    ini = "postgresql://postgres@127.0.0.1:abc/postgres"
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\npgtemplate_url = {ini}\n")
+    assert one_line_error(cli("list", cwd=tmp_path, check=False)) == (
+        f"pgtemplate_url in {tmp_path / 'pytest.ini'} '{ini}' {bad} (got 'abc')"
+    )
+
+
+def test_a_connection_error_names_the_commands_own_flag(tmp_path: Path) -> None:
+    down = "postgresql://postgres@127.0.0.1:1/postgres"
+    said = one_line_error(cli("list", "--url", down, cwd=tmp_path, check=False))
+    assert said.startswith(f"cannot connect to PostgreSQL at {down}: ")
+    assert "Is the server running? Pass --url (or set PGTEMPLATE_URL, or pgtemplate_url" in said
+    assert "--pgtemplate-url" not in said
+
+
+@dataclass
+class Filled:
+    """Every connection slot of the server taken, by sessions of this test."""
+
+    url: str
+    sessions: list[psycopg.Connection] = field(default_factory=list)
+
+    def fill(self) -> None:
+        while True:
+            try:
+                self.sessions.append(psycopg.connect(self.url, autocommit=True))
+            except psycopg.OperationalError:  # "sorry, too many clients already"
+                return
+
+    def close(self) -> None:
+        for session in self.sessions:
+            session.close()
+
+
+def test_a_full_server_names_max_connections(
+    admin: psycopg.Connection, url: str, tmp_path: Path
+) -> None:
+    row = admin.execute("SELECT setting FROM pg_settings WHERE name = 'data_directory'").fetchone()
+    if row is None or not Path(row[0]).is_relative_to(suite_cache().resolve()):
+        pytest.skip("fills every connection slot: only on the server this process started")
+    filled = Filled(url)
+    try:
+        filled.fill()
+        filled.fill()  # a session that was ending may have freed a slot meanwhile
+        said = one_line_error(cli("list", "--url", url, cwd=tmp_path, check=False))
+    finally:
+        filled.close()
+    assert said.endswith(
+        "refused the connection: all the connections its max_connections allows are in use "
+        "(sorry, too many clients already). Fix: wait for other clients to finish, or raise "
+        "max_connections on the server (and restart it)"
+    )
+
+
+@pytest.fixture
+def own_cache() -> Iterator[Path]:
+    """A cache of the plugin's own servers used by this test alone; nothing is left of it."""
+    path = Path(f"{cache_root()}-clitest-{uuid.uuid4().hex[:8]}")
+    try:
+        yield path
+    finally:
+        for data in path.glob("*/slot*/data"):
+            reaper.halt(data, immediate=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def start_own(cache: Path, owner_pid: int) -> OwnServer:
+    return start_now(LocalServerRequest(owner_pid, None, cache, fresh=False))
+
+
+def slot_name(server: OwnServer) -> str:
+    slot = server.data_dir.parent
+    return f"{slot.parent.name}/{slot.name}"
+
+
+def slot_rows(cache: Path, *args: str, cwd: Path) -> Rows:
+    done = cli("cache", *args, "--json", "--cache-dir", str(cache), cwd=cwd)
+    return {row["slot"]: row for row in json.loads(done.stdout)}
+
+
+def test_cache_list_and_clean_never_touch_a_live_runs_slot(own_cache: Path, tmp_path: Path) -> None:
+    mine = start_own(own_cache, os.getpid())
+    other_run = subprocess.Popen(["sleep", "300"])
+    try:
+        theirs = start_own(own_cache, other_run.pid)
+        rows = slot_rows(own_cache, "list", cwd=tmp_path)
+        assert rows[slot_name(mine)]["owner_pid"] == os.getpid()
+        assert rows[slot_name(theirs)]["owner_pid"] == other_run.pid
+        for server in (mine, theirs):
+            listed = rows[slot_name(server)]
+            assert (listed["alive"], listed["running"], listed["port"]) == (True, True, server.port)
+            assert isinstance(listed["size_bytes"], int)
+            assert listed["size_bytes"] > 1 << 20
+        assert slot_rows(own_cache, "clean", cwd=tmp_path)[slot_name(theirs)]["removed"] is False
+
+        other_run.kill()  # that run is gone: its reaper stops its server
+        other_run.wait()
+        deadline = time.monotonic() + 30
+        while reaper.postmaster_pid(theirs.data_dir) is not None:
+            assert time.monotonic() < deadline, "the reaper did not stop the dead run's server"
+            time.sleep(0.05)
+        dry = cli("cache", "clean", "--dry-run", "--cache-dir", str(own_cache), cwd=tmp_path)
+        assert re.match(r"would remove 1 slot\(s\), \d+\.\d MB \(", dry.stdout)
+        assert f"kept {slot_name(mine)}: a live run (pid {os.getpid()}) owns it" in dry.stdout
+        assert theirs.data_dir.is_dir()
+        cleaned = slot_rows(own_cache, "clean", cwd=tmp_path)
+        assert cleaned[slot_name(theirs)]["removed"] is True
+        assert cleaned[slot_name(mine)]["removed"] is False
+        assert cleaned[slot_name(mine)]["kept_because"] == f"a live run (pid {os.getpid()}) owns it"
+        assert not theirs.data_dir.parent.exists()
+        assert not auth.password_file(theirs.data_dir.parent).exists()
+        with psycopg.connect(mine.url, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,), "the live run's server is intact"
+    finally:
+        other_run.kill()
+        other_run.wait()
+        stop(mine)
+    done = cli("cache", "clean", "--cache-dir", str(own_cache), cwd=tmp_path)
+    assert done.stdout.startswith("removed 1 slot(s)")
+    listing = cli("cache", "list", "--cache-dir", str(own_cache), cwd=tmp_path).stdout
+    assert listing == f"no data directories in {own_cache}\n"
+
+
+def test_list_own_reaches_a_live_runs_own_server(own_cache: Path, tmp_path: Path) -> None:
+    cache = ("--cache-dir", str(own_cache))
+    said = one_line_error(cli("list", "--own", *cache, cwd=tmp_path, check=False))
+    assert said.startswith(f"no live run has an own server in {own_cache}: ")
+    mine = start_own(own_cache, os.getpid())
+    other_run = subprocess.Popen(["sleep", "300"])
+    try:
+        theirs = start_own(own_cache, other_run.pid)
+        name = f"pgtemplate_{run_id()}_gw0_failed1"
+        with psycopg.connect(theirs.url, autocommit=True) as conn:
+            marker = DatabaseTag("kept", run_id=name.split("_")[1], project="clitest_own")
+            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f"COMMENT ON DATABASE \"{name}\" IS '{marker.to_comment()}'")
+        said = one_line_error(cli("list", "--own", *cache, cwd=tmp_path, check=False))
+        assert f"2 live runs have an own server in {own_cache}" in said
+        assert said.endswith("pass --owner PID to pick one")
+        theirs_listed = cli("list", "--owner", str(other_run.pid), "--json", *cache, cwd=tmp_path)
+        assert set(as_json(theirs_listed)) == {name}
+        mine_listed = cli(
+            "--own", "--owner", str(os.getpid()), "list", "--json", *cache, cwd=tmp_path
+        )
+        assert as_json(mine_listed) == {}
+        dropped = cli(
+            "gc",
+            "--own",
+            "--owner",
+            str(other_run.pid),
+            "--kept",
+            "--json",
+            "--all-projects",
+            *cache,
+            cwd=tmp_path,
+        )
+        assert as_json(dropped)[name]["dropped"] is True
+    finally:
+        other_run.kill()
+        other_run.wait()
+        stop(mine)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--url", "x", "cache", "list"), "--url applies to list and gc, not to cache"),
+        (("--own", "--kept", "cache", "clean"), "--own, --kept apply to list and gc, not to cache"),
+        (("cache", "list", "--url", "x"), "unrecognized arguments: --url x"),
+        (("cache", "--dry-run", "list"), "--dry-run applies to gc and cache clean only"),
+        (("list", "--own", "--url", "x"), "give --url or --own, not both"),
+        (("cache",), "the following arguments are required: {list,clean}"),
+    ],
+)
+def test_cache_and_own_usage_errors_are_one_line(
+    args: tuple[str, ...], says: str, tmp_path: Path
+) -> None:
+    assert says in one_line_error(cli(*args, cwd=tmp_path, check=False))

@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from _harness import new_role_password, with_database, with_user
 from conftest import InnerProject
@@ -73,6 +74,15 @@ def test_bad_values_list_the_valid_ones(project: InnerProject) -> None:
     )
     result = project.run("--pgtemplate-lock-timeout", "soon")
     result.stderr.fnmatch_lines(["*pgtemplate_lock_timeout must be a positive number*'soon'*"])
+    project.add_ini(pgtemplate_keep_failed="maybe")
+    result = project.run()
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-pgtemplate: pgtemplate_keep_failed must be a boolean, one of "
+            "true/false/yes/no/on/off/1/0 (got 'maybe')"
+        ]
+    )
 
 
 def test_bad_marker_strategy(project: InnerProject) -> None:
@@ -191,6 +201,154 @@ def test_leaked_transaction_does_not_hang_the_reset(project: InnerProject) -> No
             "connection(s) inside a transaction*idle in transaction*"
         ]
     )
+
+
+@pytest.mark.parametrize(("given", "port"), [("ini", "abc"), ("env", "0"), ("cli", "99999")])
+def test_a_bad_port_stops_the_run_naming_it(
+    project: InnerProject, monkeypatch: pytest.MonkeyPatch, given: str, port: str
+) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    project.write_ini(**({"pgtemplate_url": url} if given == "ini" else {}))
+    if given == "env":
+        monkeypatch.setenv("PGTEMPLATE_URL", url)
+    project.write_tests(USES_DATABASE)
+    result = project.run("-n", "2", *([f"--pgtemplate-url={url}"] if given == "cli" else []))
+    assert result.ret == 4
+    named = {"ini": "pgtemplate_url", "env": "PGTEMPLATE_URL", "cli": "--pgtemplate-url"}[given]
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: pytest-pgtemplate: {named} '{url}' has a bad port: expected a number from "
+            f"1 to 65535, e.g. 5432 (got '{port}')"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_a_cache_dir_that_cannot_be_made_or_is_a_file(project: InnerProject) -> None:
+    project.write_ini()  # no server named: the plugin's own, in the cache dir given
+    project.write_tests(USES_DATABASE)
+    result = project.run("-p", "no:xdist", "--pgtemplate-cache-dir=/proc/nope")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-pgtemplate: the own server's cache directory /proc/nope cannot be created "
+            "under /proc (No such file or directory): set pgtemplate_cache_dir (or "
+            "PGTEMPLATE_CACHE_DIR) to another directory, one you may create and write"
+        ]
+    )
+    (project.path / "cache").write_text("")
+    file_result = project.run("-p", "no:xdist", "--pgtemplate-cache-dir=cache")  # rootdir's
+    file_result.assert_outcomes(errors=2)
+    file_result.stdout.fnmatch_lines(
+        [
+            f"*pytest-pgtemplate: the own server's cache directory {project.path}/cache must be "
+            "a directory (it is a file): delete it, or set pgtemplate_cache_dir*"
+        ]
+    )
+    for done in (result, file_result):
+        done.stdout.no_fnmatch_line("*Traceback*")
+        done.stdout.no_fnmatch_line("*FileNotFoundError*")
+
+
+def test_an_alembic_ini_that_is_a_directory(project: InnerProject) -> None:
+    project.add_ini(pgtemplate_alembic_ini=".")
+    project.write_tests(USES_DATABASE)
+    result = project.run()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"*alembic config '{project.path}' is a directory, not a file (it holds "
+            f"'{project.path}/alembic.ini'). Set pgtemplate_alembic_ini to your alembic.ini*"
+        ]
+    )
+
+
+def test_sslmode_require_on_a_server_without_ssl(project: InnerProject) -> None:
+    row = project.admin.execute("SHOW ssl").fetchone()
+    if row is not None and row[0] == "on":
+        pytest.skip("this server accepts SSL")
+    separator = "&" if "?" in project.server_url else "?"
+    project.add_ini(pgtemplate_url=f"{project.server_url}{separator}sslmode=require")
+    project.write_tests(USES_DATABASE)
+    result = project.run()
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-pgtemplate: PostgreSQL at postgresql://*sslmode=require does not accept "
+            "SSL connections, and pgtemplate_url requires them (sslmode=require): drop sslmode "
+            "from pgtemplate_url, or enable SSL on the server*"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*Is the server running?*")
+
+
+def test_a_role_at_its_connection_limit(project: InnerProject) -> None:
+    role, password = f"pgtemplate_test_{uuid.uuid4().hex[:8]}", new_role_password()
+    project.admin.execute(
+        f"CREATE ROLE {role} LOGIN CREATEDB CONNECTION LIMIT 1 PASSWORD '{password}'"
+    )
+    url = with_user(project.server_url, role, password)
+    try:
+        with psycopg.connect(url):  # the one connection the role may have
+            project.add_ini(pgtemplate_url=url)
+            project.write_tests(USES_DATABASE)
+            result = project.run()
+    finally:
+        project.admin.execute(f"DROP ROLE {role}")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"*pytest-pgtemplate: PostgreSQL at * refused the connection: role '{role}' is at "
+            f'its CONNECTION LIMIT (too many connections for role "{role}"). Fix: run fewer '
+            f"xdist workers (-n), or ALTER ROLE {role} CONNECTION LIMIT <more>"
+        ]
+    )
+    result.stdout.no_fnmatch_line("*asyncpg/connect_utils.py*")
+
+
+FAILS = """
+def test_fails(pg_database):
+    assert False
+"""
+
+
+def test_no_keep_failed_beats_ini_and_env(
+    project: InnerProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.add_ini(pgtemplate_keep_failed="true")
+    monkeypatch.setenv("PGTEMPLATE_KEEP_FAILED", "yes")
+    project.write_tests(FAILS)
+    kept = project.run("-p", "no:xdist")
+    kept.assert_outcomes(failed=1)
+    kept.stdout.fnmatch_lines(["*database kept for inspection: psql *"])
+    assert len(project.databases("kept")) == 1
+    negated = project.run("-p", "no:xdist", "--no-pgtemplate-keep-failed")
+    negated.assert_outcomes(failed=1)
+    negated.stdout.no_fnmatch_line("*database kept*")
+    assert len(project.databases("kept")) == 1, "no copy kept this time"
+
+
+def test_typos_in_ini_keys_and_env_vars_are_named_once_per_run(
+    project: InnerProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.add_ini(pgtemplate_ulr="postgresql://postgres@127.0.0.1:5432/postgres")
+    monkeypatch.setenv("PGTEMPLATE_URI", "postgresql://postgres@127.0.0.1:5432/postgres")
+    monkeypatch.setenv("PGTEMPLATE_TEST_URL", project.server_url)  # the suite's own: no warning
+    monkeypatch.setenv("PGTEMPLATE_TEST_PG_BINARIES", "/nonexistent")
+    project.write_tests("def test_nothing():\n    pass\n")
+    result = project.run("-n", "2")
+    result.assert_outcomes(passed=1)
+    out = result.stdout.str()
+    ini = (
+        "PgTemplateWarning: pgtemplate_ulr in tox.ini is not a pytest-pgtemplate setting, so it "
+        "is ignored; did you mean pgtemplate_url?"
+    )
+    env = (
+        "PgTemplateWarning: environment variable PGTEMPLATE_URI is not a pytest-pgtemplate "
+        "setting, so it is ignored; did you mean PGTEMPLATE_URL?"
+    )
+    assert (out.count(ini), out.count(env)) == (1, 1), out
+    assert "PGTEMPLATE_TEST" not in out
 
 
 def _template_name(project: InnerProject) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -23,7 +25,7 @@ from .identity import (
 )
 from .report import Report, ServerUsed, summary_lines
 from .run import Run
-from .settings import OPTIONS, Option, Settings, resolve
+from .settings import OPTIONS, OPTIONS_BY_NAME, Option, Settings, resolve, unknown_names
 from .stash import CRASHED, RUN, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
 from .urls import check_url, export_env, redact
 
@@ -42,7 +44,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         text = f"{option.help}{default}{env} Overrides ini {option.ini}."
         if option.flag:
             group.addoption(
-                option.cli, dest=option.dest, action="store_true", default=None, help=text
+                option.cli,
+                dest=option.dest,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{text} --no-{option.cli[2:]} turns it off, whatever ini and env say.",
             )
         else:
             group.addoption(
@@ -83,7 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
         run.report.worker = told.worker_id
         _export_env(run)
     if not workerinput:  # once per run, not once per worker
-        for note in run.settings.deprecations:
+        for note in [*run.settings.deprecations, *_unknown_settings(config, run.settings)]:
             config.issue_config_time_warning(PgTemplateWarning(note), stacklevel=2)
     uid = config.stash.get(TESTRUN_UID, None)
     if uid is not None:
@@ -125,10 +131,41 @@ def _settings(
     try:
         settings = resolve(lookup, os.environ, config.rootpath)
         if settings.url.value:
-            check_url(settings.url.value)
+            check_url(settings.url.value, _given_as(OPTIONS_BY_NAME["url"], settings.url.source))
     except ConfigurationError as exc:
         raise pytest.UsageError(f"pytest-pgtemplate: {exc}") from None
     return settings
+
+
+def _given_as(option: Option, source: str) -> str:
+    """How the user gave a value: its flag, its environment variable or its ini key."""
+    return {"cli": option.cli, "ini": option.ini}.get(source, source.removeprefix("env "))
+
+
+def _unknown_settings(config: pytest.Config, settings: Settings) -> list[str]:
+    """Typos: ini keys no plugin registered and ``PGTEMPLATE_*`` variables that are not ours.
+
+    pytest itself only says "Unknown config option" (after collection); this names the setting
+    meant. The ini file is read again, as pytest read it: its parsed form is private.
+    """
+    from .cli.config import read
+
+    keys: list[str] = []
+    if config.inipath is not None:
+        with contextlib.suppress(ConfigurationError):
+            keys = list(read(config.inipath) or {})
+    exported = {entry.partition("=")[0] for entry in settings.export_env}
+    environ = [name for name in os.environ if name not in exported]
+    ini_file = config.inipath.name if config.inipath else ""
+    return unknown_names(keys, environ, lambda key: _registered(config, key), ini_file)
+
+
+def _registered(config: pytest.Config, key: str) -> bool:
+    try:
+        config.getini(key)
+    except ValueError:  # pytest's "unknown configuration value"
+        return False
+    return True
 
 
 def _only_asks_for_help(namespace: object) -> bool:

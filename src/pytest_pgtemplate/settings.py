@@ -6,14 +6,16 @@ the raw values in; everything here is plain, testable code.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigurationError
+from .urls import export_entries
 
 RESET_STRATEGIES = ("restore", "truncate-all", "rollback", "recreate")
 DEFAULT_RESET = "restore"
@@ -97,14 +99,18 @@ OPTIONS = (
         "keep_failed",
         "keep a copy of a failing test's database and print its URL.",
         default="false",
-        choices=("true", "false"),
         flag=True,
     ),
     Option("bin_dir", "directory with initdb, pg_ctl and postgres for the plugin's own server."),
     Option(
         "cache_dir",
         "where the plugin's own server keeps its data between runs (default: /dev/shm when it "
-        "is a tmpfs, else ~/.cache/pytest-pgtemplate).",
+        "is a tmpfs, else ~/.cache/pytest-pgtemplate); `pgtemplate cache clean` empties it.",
+    ),
+    Option(
+        "archive_dir",
+        "directory where built templates are archived and restored from, across CI runs "
+        "(e.g. a CI cache).",
     ),
     Option(
         "keep_templates",
@@ -123,6 +129,18 @@ OPTIONS = (
     ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+_SPELLINGS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+BOOLEANS = dict(zip(_SPELLINGS, ("true", "false") * 4, strict=True))
+"""Every spelling a flag accepts from the ini and the environment, and what it means."""
+SUITE_ENV = ("PGTEMPLATE_TEST_URL", "PGTEMPLATE_TEST_PG_BINARIES")  # the plugin's own tests'
+REMOVED = {
+    "connect_timeout": "the plugin waits 10 s for the server",
+    "leak_grace": "the reset waits 1 s for transactions still open",
+    "durable": "worker databases never need durability",
+    "fresh_server": "`pgtemplate cache clean` gives the next run a fresh server",
+    "allow_empty_template": "only a template without any object of the application's is refused",
+}
+"""Settings of earlier versions, and what replaced each: named when a config still sets one."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +162,7 @@ class Settings:
     keep_failed: bool
     bin_dir: str | None
     cache_dir: Path | None
+    archive_dir: Path | None
     keep_templates: int
     project: str
     fingerprint_paths: tuple[str, ...]
@@ -152,7 +171,8 @@ class Settings:
 
 
 RawLookup = Callable[[Option], tuple[str | bool | None, str | None]]
-"""Returns (cli value, ini value) for an option; None where unset (True for a given flag)."""
+"""Returns (cli value, ini value) for an option; None where unset (True or False for a flag given
+as ``--pgtemplate-x`` or ``--no-pgtemplate-x``)."""
 
 
 def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Settings:
@@ -162,6 +182,8 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
     reset, deprecation = strategy_name(value["reset"])
     value["reset"] = reset
     for option in OPTIONS:
+        if option.flag and value[option.name] not in ("true", "false"):
+            raise ConfigurationError(_boolean_error(option, sources[option.name]))
         if option.choices and value[option.name] not in option.choices:
             raise ConfigurationError(_choice_error(option, value[option.name]))
     return Settings(
@@ -173,11 +195,12 @@ def resolve(lookup: RawLookup, environ: Mapping[str, str], rootdir: Path) -> Set
         metadata=_metadata(value["metadata"], value["migrate"]),
         reset=value["reset"],
         deprecations=(deprecation,) if deprecation else (),
-        export_env=_env_names(value["export_env"]),
+        export_env=export_entries(value["export_env"]),
         lock_timeout=_seconds(OPTIONS_BY_NAME["lock_timeout"], value["lock_timeout"]),
         keep_failed=value["keep_failed"] == "true",
         bin_dir=value["bin_dir"] or None,
-        cache_dir=Path(os.path.expanduser(value["cache_dir"])) if value["cache_dir"] else None,
+        cache_dir=_path(value["cache_dir"], rootdir) if value["cache_dir"] else None,
+        archive_dir=_path(value["archive_dir"], rootdir) if value["archive_dir"] else None,
         keep_templates=_count(OPTIONS_BY_NAME["keep_templates"], value["keep_templates"]),
         project=value["project"] or default_project(rootdir),
         fingerprint_paths=tuple(p for p in re.split(r"[\s,]+", value["fingerprint_paths"]) if p),
@@ -203,8 +226,10 @@ def _resolve_one(option: Option, lookup: RawLookup, environ: Mapping[str, str]) 
     cli, ini = lookup(option)
     if cli == "":  # --pgtemplate-x= clears a value from the ini or the environment
         return Resolved(option.default, "cli")
-    if cli not in (None, False):
-        return Resolved("true" if cli is True else str(cli), "cli")
+    if isinstance(cli, bool):  # --pgtemplate-x, --no-pgtemplate-x
+        return Resolved("true" if cli else "false", "cli")
+    if cli is not None:
+        return Resolved(str(cli), "cli")
     if option.env_var and environ.get(option.env_var):
         return Resolved(_normal(option, environ[option.env_var]), f"env {option.env_var}")
     if ini not in (None, ""):
@@ -216,15 +241,7 @@ def _normal(option: Option, raw: str) -> str:
     """Flags accept the usual spellings of a boolean."""
     if not option.flag:
         return raw
-    lowered = raw.strip().lower()
-    return {
-        "1": "true",
-        "yes": "true",
-        "on": "true",
-        "0": "false",
-        "no": "false",
-        "off": "false",
-    }.get(lowered, lowered)
+    return BOOLEANS.get(raw.strip().lower(), raw)
 
 
 def _choice_error(option: Option, got: str) -> str:
@@ -232,30 +249,26 @@ def _choice_error(option: Option, got: str) -> str:
     return f"{option.ini} must be one of [{valid}] (got {got!r})"
 
 
+def _boolean_error(option: Option, resolved: Resolved) -> str:
+    where = "" if resolved.source == "ini" else f" from {resolved.source}"
+    return (
+        f"{option.ini} must be a boolean, one of {'/'.join(BOOLEANS)} "
+        f"(got {resolved.value!r}{where})"
+    )
+
+
+def _path(raw: str, rootdir: Path) -> Path:
+    """``~`` expanded; relative to the rootdir when relative, whatever the current directory."""
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else rootdir / path
+
+
 def _alembic_ini(resolved: Resolved, builder: str, rootdir: Path) -> Path | None:
     """The alembic config; with a callable or metadata builder, only one to check heads against."""
-    path = Path(os.path.expanduser(resolved.value))
-    path = path if path.is_absolute() else rootdir / path
+    path = _path(resolved.value, rootdir)
     if builder and resolved.source == "default" and not path.is_file():
         return None
     return path
-
-
-EXPORT_FIELDS = ("url", "sync_url", "libpq_url", "host", "port", "database", "user", "password")
-"""What ``NAME={field}`` in pgtemplate_export_env may name: the URL's forms, or one of its parts."""
-
-
-def _env_names(raw: str) -> tuple[str, ...]:
-    """``NAME`` (the URL) or ``NAME={field}`` (one part of it), e.g. ``POSTGRES_DB={database}``."""
-    entries = tuple(entry for entry in re.split(r"[\s,]+", raw) if entry)
-    fields = "|".join(EXPORT_FIELDS)
-    for entry in entries:
-        if not re.fullmatch(rf"[A-Za-z_][A-Za-z0-9_]*(=\{{({fields})\}})?", entry):
-            raise ConfigurationError(
-                "pgtemplate_export_env entries must be environment variable names, or "
-                f"NAME={{field}} with field one of {list(EXPORT_FIELDS)} (got {entry!r})"
-            )
-    return entries
 
 
 def _count(option: Option, raw: str) -> int:
@@ -281,3 +294,40 @@ def _metadata(spec: str, migrate: str) -> str | None:
             "whole template"
         )
     return spec or None
+
+
+def unknown_names(
+    ini_keys: Iterable[str],
+    environ: Iterable[str],
+    registered: Callable[[str], bool],
+    ini_file: str = "the ini file",
+) -> list[str]:
+    """A note for each ini key (not ``registered`` by anyone) and ``PGTEMPLATE_*`` variable that
+    looks like a setting but is none, naming the closest: ``pgtemplate_ulr``, ``PGTEMPLATE_URI``."""
+    inis = [option.ini for option in OPTIONS]
+    envs = [option.env_var for option in OPTIONS if option.env_var]
+    keys = [
+        key
+        for key in ini_keys
+        if key not in inis
+        and (key.startswith("pgtemplate") or difflib.get_close_matches(key, inis, 1, 0.85))
+    ]
+    notes = [_unknown(f"{key} in {ini_file}", key, inis) for key in keys if not registered(key)]
+    notes += [
+        _unknown(f"environment variable {name}", name, envs)
+        for name in environ
+        if name.startswith("PGTEMPLATE_") and name not in envs and name not in SUITE_ENV
+    ]
+    return notes
+
+
+def _unknown(what: str, name: str, valid: list[str]) -> str:
+    option_name = name.lower().removeprefix("pgtemplate_")
+    if option_name in REMOVED:
+        return f"{what} is a setting that was removed ({REMOVED[option_name]}), so it is ignored"
+    if option_name in OPTIONS_BY_NAME:  # a setting without an environment variable
+        option = OPTIONS_BY_NAME[option_name]
+        return f"{what} is ignored: {option.ini} is read from the ini or {option.cli} only"
+    close = difflib.get_close_matches(name, valid, 1, 0.6)
+    hint = f"did you mean {close[0]}?" if close else f"expected one of {', '.join(valid)}"
+    return f"{what} is not a pytest-pgtemplate setting, so it is ignored; {hint}"

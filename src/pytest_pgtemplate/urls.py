@@ -8,6 +8,7 @@ run a tenth of a second, which a run with no database test must not pay. ``check
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
@@ -22,8 +23,8 @@ _EXAMPLE = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def check_url(raw: str, what: str = "pgtemplate_url") -> None:
-    """The mistakes a URL can hold, each named (a port of ``abc`` or ``99999``, another
-    database system), before anything connects."""
+    """The mistakes a URL can hold, each named (a port of ``abc``, ``0`` or ``99999``, another
+    database system), before anything connects; ``what`` names where the URL came from."""
     parts = urllib.parse.urlsplit(raw.strip())
     backend = parts.scheme.split("+", 1)[0]
     if not parts.scheme or (not parts.netloc and "host=" not in parts.query):
@@ -35,13 +36,22 @@ def check_url(raw: str, what: str = "pgtemplate_url") -> None:
             f"{what} must point at PostgreSQL (got scheme {parts.scheme!r}); "
             f"expected e.g. {_EXAMPLE!r}"
         )
-    try:
-        parts.port  # noqa: B018  (the property is what parses and range-checks the port)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"{what} {redact(raw)!r} has a bad port ({exc}): give a number from 1 to 65535, "
-            "e.g. 5432"
-        ) from None
+    for port in _ports(parts):
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigurationError(
+                f"{what} {redact(raw)!r} has a bad port: expected a number from 1 to 65535, "
+                f"e.g. 5432 (got {port!r})"
+            )
+
+
+def _ports(parts: urllib.parse.SplitResult) -> list[str]:
+    """Every port the URL gives: one per host (``h1:5432,h2:5433``) and ``?port=``; empty
+    ones (``host:``) are left out, as libpq then uses its default."""
+    hosts = parts.netloc.rpartition("@")[2].split(",")
+    found = [host.rpartition("]")[2].rpartition(":")[2] for host in hosts if ":" in host]
+    for value in urllib.parse.parse_qs(parts.query).get("port", []):
+        found += value.split(",")
+    return [port.strip() for port in found if port.strip()]
 
 
 def redact(raw: str) -> str:
@@ -54,23 +64,23 @@ def redact(raw: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def parse_server_url(raw: str) -> URL:
+def parse_server_url(raw: str, what: str = "pgtemplate_url") -> URL:
     """Parse a user-supplied URL and normalise it to the plain ``postgresql`` scheme."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    check_url(raw)
+    check_url(raw, what)
     example = _EXAMPLE
     try:
         url = make_url(raw.strip())
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigurationError(
-            f"pgtemplate_url {raw!r} is not a database URL; expected e.g. {example!r}"
+            f"{what} {redact(raw)!r} is not a database URL; expected e.g. {example!r}"
         ) from None
     backend = url.drivername.split("+", 1)[0]
     if backend not in _POSTGRES_BACKENDS:
         raise ConfigurationError(
-            f"pgtemplate_url must point at PostgreSQL (got scheme {url.drivername!r}); "
+            f"{what} must point at PostgreSQL (got scheme {url.drivername!r}); "
             f"expected e.g. {example!r}"
         )
     return url.set(drivername="postgresql", database=url.database or "postgres")
@@ -94,6 +104,24 @@ def with_driver(url: URL, driver: str) -> str:
 def redacted(url: URL) -> str:
     """Printable form: the password is masked."""
     return url.render_as_string(hide_password=True)
+
+
+EXPORT_FIELDS = ("url", "sync_url", "libpq_url", "host", "port", "database", "user", "password")
+"""What ``NAME={field}`` in pgtemplate_export_env may name: the URL's forms, or one of its parts."""
+
+
+def export_entries(raw: str) -> tuple[str, ...]:
+    """``NAME`` (the URL) or ``NAME={field}`` (one part of it), e.g. ``POSTGRES_DB={database}``;
+    space or comma separated."""
+    entries = tuple(entry for entry in re.split(r"[\s,]+", raw) if entry)
+    fields = "|".join(EXPORT_FIELDS)
+    for entry in entries:
+        if not re.fullmatch(rf"[A-Za-z_][A-Za-z0-9_]*(=\{{({fields})\}})?", entry):
+            raise ConfigurationError(
+                "pgtemplate_export_env entries must be environment variable names, or "
+                f"NAME={{field}} with field one of {list(EXPORT_FIELDS)} (got {entry!r})"
+            )
+    return entries
 
 
 def export_values(entries: tuple[str, ...], url: str) -> dict[str, str]:

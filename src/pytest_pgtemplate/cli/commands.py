@@ -2,72 +2,37 @@
 
 Reads the server URL and the project the way the plugin does, and never touches a database
 without the plugin's marker. Talking to the server and printing are kept apart, so a reader
-that goes away (``pgtemplate list | head -1``) can only interrupt the printing.
+that goes away (``pgtemplate list | head -1``) can only interrupt the printing. ``cache`` (the
+own servers' data directories) is in ``cache``, the command line in ``options``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import NoReturn
+from dataclasses import dataclass
 
 import asyncpg
+from sqlalchemy.engine import URL
 
 from ..errors import PgTemplateError
-from ..server.admin import connect
+from ..server.admin import UrlSource, connect
 from ..sweep import Entry, drop_entries, inventory, sweepable
 from ..urls import parse_server_url
-from .config import project_here, server_url
-from .table import row, table, total_mb
+from . import cache
+from .config import cache_here, project_here, server_url
+from .options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_SIGPIPE, Options, parse
+from .table import Outcome, as_json, row, table, total_mb
 
 CONNECT_TIMEOUT = 10.0
-EXIT_REFUSED, EXIT_ERROR, EXIT_SIGPIPE, EXIT_INTERRUPTED = 1, 2, 141, 130
-
-_EPILOG = """\
-options may come before or after the subcommand:
-`pgtemplate --url X list` is `pgtemplate list --url X`.
-
-server: --url, else PGTEMPLATE_URL, else pgtemplate_url in pytest's config file, found from the
-current directory as pytest finds it (pytest.toml, pytest.ini, pyproject.toml, tox.ini, setup.cfg).
-
-project: every database the plugin creates names its project (pgtemplate_project, else
-[project] name in the rootdir's pyproject.toml, else the rootdir's name). `list` shows every
-project unless --project or --run is given. `gc` touches only the current directory's project
-unless --project, --run or --all-projects is given; that project is found as the plugin finds it:
-PGTEMPLATE_PROJECT, pgtemplate_project in pytest's config file, [project] name, rootdir's name.
-
-ALIVE: a worker database (or spare) is alive while its run's process lives; a template is alive
-while a live run clones from it. SIZE_MB is the database's size on disk (pg_database_size).
-
-exit status: 0 done; 1 the server refused to drop some databases (one line each on stderr);
-2 a usage, configuration or connection error (one line on stderr); 141 the reader of stdout
-went away (e.g. `| head -1`), silently.
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line, like every other error of the command."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-@dataclass(frozen=True)
-class Options:
-    command: str
-    url: str | None = None
-    json: bool = False
-    project: str | None = None
-    run: str | None = None
-    all_projects: bool = False
-    dry_run: bool = False
-    kept: bool = False
-    templates: bool = False
+_HOW_TO_FIX = (
+    "Pass --url (or set PGTEMPLATE_URL, or pgtemplate_url in pytest's config file) with the URL "
+    "of a running server's maintenance database, e.g. "
+    "postgresql://postgres@127.0.0.1:5432/postgres; or --own for a live run's own server"
+)
+_OWN_FIX = "The run may have just ended: `pgtemplate cache list` shows the live ones."
 
 
 @dataclass(frozen=True)
@@ -89,20 +54,13 @@ class Scope:
         return ", ".join(parts) or "every project"
 
 
-@dataclass
-class Outcome:
-    """What to print once the server work is done."""
-
-    text: str
-    stderr: list[str] = field(default_factory=list)
-    status: int = 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    options = _options(parser, parser.parse_args(argv))
+    options = parse(argv)
     try:
-        outcome = asyncio.run(_command(options))
+        if options.command == "cache":
+            outcome = cache.run(options, cache_here(options.cache_dir))
+        else:
+            outcome = asyncio.run(_command(options))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except PgTemplateError as exc:
@@ -133,60 +91,23 @@ def _emit(text: str) -> int:
     return 0
 
 
-def _parser() -> _Parser:
-    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("--url", help="server URL (default: PGTEMPLATE_URL, then pytest's config)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument(
-        "--project", metavar="NAME", help="only this project's databases (gc: see below)"
-    )
-    common.add_argument("--run", metavar="ID", help="only the databases of this run id")
-    common.add_argument(
-        "--all-projects", action="store_true", help="gc: every project's, not only this directory's"
-    )
-    gc_only = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
-    gc_only.add_argument("--dry-run", action="store_true", help="gc: only show what would go")
-    gc_only.add_argument(
-        "--kept", action="store_true", help="gc: also --pgtemplate-keep-failed copies"
-    )
-    gc_only.add_argument(
-        "--templates", action="store_true", help="gc: also templates that no live run clones"
-    )
-    parser = _Parser(
-        prog="pgtemplate",
-        description="See and clean pytest-pgtemplate's databases on a PostgreSQL server.",
-        epilog=_EPILOG,
-        parents=[common, gc_only],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,gc}")
-    for name, parents, summary in (
-        ("list", [common], "templates, worker databases and kept copies, with sizes"),
-        ("gc", [common, gc_only], "drop worker databases of runs that are gone"),
-    ):
-        commands.add_parser(
-            name,
-            parents=parents,
-            help=summary,
-            description=summary,
-            epilog=_EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-    return parser
+def _server(options: Options) -> tuple[URL, UrlSource]:
+    """The server to work on, and how errors name where its URL came from."""
+    if options.own or options.owner is not None:
+        own = cache.own_server(cache_here(options.cache_dir), options.owner)
+        return parse_server_url(own.url, "--own"), _source("--own", _OWN_FIX)
+    raw, given_as = server_url(options.url)
+    return parse_server_url(raw, given_as), _source(given_as, _HOW_TO_FIX)
 
 
-def _options(parser: _Parser, namespace: argparse.Namespace) -> Options:
-    options = Options(**vars(namespace))
-    if options.command == "list" and (options.dry_run or options.kept or options.templates):
-        parser.error("--dry-run, --kept and --templates apply to gc only")
-    if options.all_projects and options.project is not None:
-        parser.error("give --project NAME or --all-projects, not both")
-    return options
+def _source(given_as: str, how_to_fix: str) -> UrlSource:
+    busy = "wait for other clients to finish"
+    return UrlSource(given_as, how_to_fix, fewer_clients=busy, elsewhere="")
 
 
 async def _command(options: Options) -> Outcome:
-    url = parse_server_url(server_url(options.url))
-    admin = await connect(url, timeout=CONNECT_TIMEOUT)
+    url, source = _server(options)
+    admin = await connect(url, CONNECT_TIMEOUT, source)
     try:
         entries = await inventory(admin)
         if options.command == "list":
@@ -200,7 +121,7 @@ async def _list(admin: asyncpg.Connection, entries: list[Entry], options: Option
     scope = Scope(options.project, options.run)
     shown = sorted((e for e in entries if e in scope), key=_listing_order)
     rows = [row(entry, size) for entry, size in zip(shown, await _sizes(admin, shown), strict=True)]
-    return Outcome(_json(rows) if options.json else table(rows))
+    return Outcome(as_json(rows) if options.json else table(rows))
 
 
 async def _gc(admin: asyncpg.Connection, entries: list[Entry], options: Options) -> Outcome:
@@ -220,7 +141,7 @@ async def _gc(admin: asyncpg.Connection, entries: list[Entry], options: Options)
     for entry_row in rows:
         entry_row["dropped"] = entry_row["name"] in dropped
     if options.json:
-        return Outcome(_json(rows), refused, EXIT_REFUSED if refused else 0)
+        return Outcome(as_json(rows), refused, EXIT_REFUSED if refused else 0)
     text = _gc_text(rows, options.dry_run, scope)
     if elsewhere and scope.run is None:
         text += f"{elsewhere} more in other projects: --project NAME or --all-projects\n"
@@ -282,7 +203,3 @@ def _listing_order(entry: Entry) -> tuple[str, int, str]:
     kinds = ("template", "worker", "kept")
     rank = kinds.index(entry.kind) if entry.kind in kinds else len(kinds)
     return (entry.marker.project, rank, entry.name)
-
-
-def _json(rows: list[dict[str, object]]) -> str:
-    return json.dumps(rows, indent=2) + "\n"

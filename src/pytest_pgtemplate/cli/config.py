@@ -104,15 +104,38 @@ def _here() -> PytestConfig:
     return locate(Path.cwd())
 
 
-def server_url(given: str | None) -> str:
-    url = given or os.environ.get("PGTEMPLATE_URL") or _here().get("pgtemplate_url")
-    if not url:
-        raise ConfigurationError(
-            "no server: pass --url, set PGTEMPLATE_URL, or run where pytest's config file sets "
-            "pgtemplate_url (the plugin's own throwaway server exists only during a run, and "
-            "the next run sweeps what a dead one left)"
-        )
-    return url
+def server_url(given: str | None) -> tuple[str, str]:
+    """The server's URL, and how its source is named in errors: ``--url``, ``PGTEMPLATE_URL``,
+    or ``pgtemplate_url in <config file>``."""
+    config = _here()
+    for url, source in (
+        (given, "--url"),
+        (os.environ.get("PGTEMPLATE_URL"), "PGTEMPLATE_URL"),
+        (config.get("pgtemplate_url"), f"pgtemplate_url in {config.path}"),
+    ):
+        if url:
+            return url, source
+    raise ConfigurationError(
+        "no server: pass --url, set PGTEMPLATE_URL, or run where pytest's config file sets "
+        "pgtemplate_url; for the plugin's own throwaway server, which exists only while a run "
+        "is live, pass --own (the next run sweeps what a dead one left)"
+    )
+
+
+def cache_here(given: str | None) -> Path:
+    """The own servers' cache as the plugin finds it: ``--cache-dir`` (from the current
+    directory), PGTEMPLATE_CACHE_DIR, pgtemplate_cache_dir (both from the rootdir, as in the
+    plugin), else the plugin's default."""
+    from ..server.own import cache_root
+
+    if given:
+        return Path(os.path.expanduser(given)).absolute()
+    config = _here()
+    raw = os.environ.get("PGTEMPLATE_CACHE_DIR") or config.get("pgtemplate_cache_dir")
+    if not raw:
+        return cache_root()
+    path = Path(os.path.expanduser(raw))
+    return path if path.is_absolute() else config.rootdir / path
 
 
 def project_here() -> str:

@@ -6,13 +6,29 @@ into ``yes``/``no``, ``-`` and ages such as ``2h``.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..sweep import Entry
 
 COLUMNS = ("name", "project", "kind", "run", "template", "alive", "size_mb", "age_seconds")
-_HEADERS = {"size_mb": "SIZE_MB", "age_seconds": "AGE"}
-_MB = 2**20
+_HEADERS = {"size_mb": "SIZE_MB", "age_seconds": "AGE", "owner_pid": "OWNER"}
+MB = 2**20
+
+
+@dataclass
+class Outcome:
+    """What to print once the work is done."""
+
+    text: str
+    stderr: list[str] = field(default_factory=list)
+    status: int = 0
+
+
+def as_json(rows: list[dict[str, object]]) -> str:
+    return json.dumps(rows, indent=2) + "\n"
 
 
 def row(entry: Entry, size: int | None) -> dict[str, object]:
@@ -26,7 +42,7 @@ def row(entry: Entry, size: int | None) -> dict[str, object]:
         "template": marker.template or None,
         "alive": entry.alive,
         "size_bytes": size,
-        "size_mb": None if size is None else round(size / _MB, 1),
+        "size_mb": None if size is None else round(size / MB, 1),
         "created": marker.created or None,
         "age_seconds": age_seconds(marker.created),
     }
@@ -43,12 +59,12 @@ def age_seconds(created: str, now: datetime | None = None) -> int | None:
 
 
 def total_mb(rows: list[dict[str, object]]) -> float:
-    return sum(r["size_bytes"] for r in rows if isinstance(r["size_bytes"], int)) / _MB
+    return sum(r["size_bytes"] for r in rows if isinstance(r["size_bytes"], int)) / MB
 
 
-def table(rows: list[dict[str, object]]) -> str:
-    cells = [[_cell(column, r[column]) for column in COLUMNS] for r in rows]
-    headers = [_HEADERS.get(column, column.upper()) for column in COLUMNS]
+def table(rows: list[dict[str, object]], columns: Sequence[str] = COLUMNS) -> str:
+    cells = [[_cell(column, r[column]) for column in columns] for r in rows]
+    headers = [_HEADERS.get(column, column.upper()) for column in columns]
     widths = [max(len(text) for text in column) for column in zip(headers, *cells, strict=True)]
     lines = [
         "  ".join(t.ljust(w) for t, w in zip(line, widths, strict=True)).rstrip()

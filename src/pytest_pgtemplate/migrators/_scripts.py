@@ -145,15 +145,29 @@ class AlembicScripts:
 
     def _config(self) -> configparser.ConfigParser:
         if self._parser is None:
-            if not self.ini_path.is_file():
-                raise ConfigurationError(
-                    f"alembic config {str(self.ini_path)!r} does not exist. Set "
-                    "pgtemplate_alembic_ini to your alembic.ini, or pgtemplate_migrate / "
-                    "pgtemplate_metadata to build the schema without alembic."
-                )
-            self._parser = configparser.ConfigParser(defaults={"here": str(self.here)})
-            self._parser.read(self.ini_path, encoding="utf-8")
+            parser = configparser.ConfigParser(defaults={"here": str(self.here)})
+            try:
+                parser.read_string(self.ini_path.read_text(encoding="utf-8"), str(self.ini_path))
+            except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+                raise ConfigurationError(self._unreadable(exc)) from None
+            self._parser = parser
         return self._parser
+
+    def _unreadable(self, exc: Exception) -> str:
+        """Why the ini cannot be read, and what to set instead."""
+        fix = (
+            "Set pgtemplate_alembic_ini to your alembic.ini, or pgtemplate_migrate / "
+            "pgtemplate_metadata to build the schema without alembic."
+        )
+        where = repr(str(self.ini_path))
+        if self.ini_path.is_dir():
+            inside = self.ini_path / "alembic.ini"
+            hint = f" (it holds {str(inside)!r})" if inside.is_file() else ""
+            return f"alembic config {where} is a directory, not a file{hint}. {fix}"
+        if isinstance(exc, FileNotFoundError):
+            return f"alembic config {where} does not exist. {fix}"
+        reason = str(exc).splitlines()[0] if isinstance(exc, configparser.Error) else exc
+        return f"alembic config {where} cannot be read ({reason}). {fix}"
 
     def _resource(self, location: str) -> Path:
         """``a.b:dir`` -> the directory ``a/b/dir`` where ``a`` would be imported from.

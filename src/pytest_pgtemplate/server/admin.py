@@ -16,10 +16,23 @@ from . import reflink
 MIN_VERSION_NUM = (
     140000  # the oldest major the test suite runs on (13 would lack idle_session_timeout)
 )
-_HOW_TO_FIX = (
-    "Set pgtemplate_url (ini), PGTEMPLATE_URL (env) or --pgtemplate-url to the URL of a "
-    "running server's maintenance database, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
-)
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    """Who gave the URL, for errors that say what to change: the plugin's settings by default,
+    the ``pgtemplate`` command's ``--url`` when it connects."""
+
+    setting: str = "pgtemplate_url"
+    how_to_fix: str = (
+        "Set pgtemplate_url (ini), PGTEMPLATE_URL (env) or --pgtemplate-url to the URL of a "
+        "running server's maintenance database, e.g. postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    fewer_clients: str = "run fewer xdist workers (-n)"
+    elsewhere: str = "leave pgtemplate_url unset, and the plugin starts a server of its own"
+
+
+PLUGIN_SETTINGS = UrlSource()
 
 
 @dataclass(frozen=True)
@@ -46,32 +59,61 @@ class ServerInfo:
         return self.version_num // 10000
 
 
-async def connect(url: URL, timeout: float) -> asyncpg.Connection:
+async def connect(
+    url: URL, timeout: float, source: UrlSource = PLUGIN_SETTINGS
+) -> asyncpg.Connection:
     """Connect, translating driver errors into ones that say what to fix."""
-    where = redacted(url)
     try:
         return await asyncpg.connect(libpq(url), timeout=timeout)
-    except TimeoutError:
-        raise ServerUnavailableError(
-            f"PostgreSQL at {where} did not answer within {timeout:g} s. {_HOW_TO_FIX}"
-        ) from None
-    except asyncpg.InvalidCatalogNameError:
-        raise ServerUnavailableError(
-            f"database {url.database!r} does not exist on {where}; pgtemplate_url must name a "
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ServerUnavailableError(_refused(exc, url, timeout, source)) from None
+
+
+def _refused(exc: Exception, url: URL, timeout: float, source: UrlSource) -> str:
+    where, setting = redacted(url), source.setting
+    if isinstance(exc, TimeoutError):
+        return f"PostgreSQL at {where} did not answer within {timeout:g} s. {source.how_to_fix}"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return (
+            f"database {url.database!r} does not exist on {where}; {setting} must name a "
             "database that exists, normally the maintenance database 'postgres'"
-        ) from None
-    except (
-        asyncpg.InvalidPasswordError,
-        asyncpg.InvalidAuthorizationSpecificationError,
-    ) as exc:
-        raise ServerUnavailableError(
+        )
+    if isinstance(
+        exc, (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)
+    ):
+        return (
             f"PostgreSQL at {where} rejected user {url.username!r}: {exc}. "
-            "Fix the user name or password in pgtemplate_url."
-        ) from None
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ServerUnavailableError(
-            f"cannot connect to PostgreSQL at {where}: {exc}. Is the server running? {_HOW_TO_FIX}"
-        ) from None
+            f"Fix the user name or password in {setting}."
+        )
+    if isinstance(exc, asyncpg.TooManyConnectionsError):
+        return _too_many(exc, where, url, source)
+    if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
+        return (
+            f"PostgreSQL at {where} does not accept SSL connections, and {setting} requires "
+            f"them (sslmode={url.query.get('sslmode')}): drop sslmode from {setting}, or "
+            "enable SSL on the server (ssl = on, with a certificate)"
+        )
+    return (
+        f"cannot connect to PostgreSQL at {where}: {exc}. Is the server running? "
+        f"{source.how_to_fix}"
+    )
+
+
+def _too_many(exc: Exception, where: str, url: URL, source: UrlSource) -> str:
+    """Which limit the server applied; its numbers cannot be read without a connection."""
+    said = str(exc)
+    if "for role" in said:
+        limit = f"role {url.username!r} is at its CONNECTION LIMIT"
+        fixes = [source.fewer_clients, f"ALTER ROLE {url.username} CONNECTION LIMIT <more>"]
+    elif "for database" in said:
+        limit = f"database {url.database!r} is at its CONNECTION LIMIT"
+        fixes = [source.fewer_clients, f"ALTER DATABASE {url.database} CONNECTION LIMIT <more>"]
+    else:
+        limit = "all the connections its max_connections allows are in use"
+        fixes = [source.fewer_clients, "raise max_connections on the server (and restart it)"]
+        fixes += [source.elsewhere] if source.elsewhere else []
+    fix = ", ".join(fixes[:-1]) + f", or {fixes[-1]}"
+    return f"PostgreSQL at {where} refused the connection: {limit} ({said}). Fix: {fix}"
 
 
 async def describe(conn: asyncpg.Connection, url: URL, *, started: bool) -> ServerInfo:

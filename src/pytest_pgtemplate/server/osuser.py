@@ -168,16 +168,32 @@ def _cannot_create(name: str, failures: list[str]) -> ConfigurationError:
     )
 
 
+_CACHE_FIX = "set pgtemplate_cache_dir (or PGTEMPLATE_CACHE_DIR) to another directory"
+
+
 def shared_dir(path: Path) -> Path:
     """Create ``path`` (0755) and make sure it is ours: /dev/shm is writable by anyone."""
-    if not path.exists():
-        path.mkdir(parents=True, exist_ok=True)  # racing runs may create it at once
-        path.chmod(0o755)  # whatever the umask: root's server user must pass through
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+    try:
+        if not path.exists():
+            path.mkdir(parents=True, exist_ok=True)  # racing runs may create it at once
+            path.chmod(0o755)  # whatever the umask: root's server user must pass through
+        info = path.lstat()
+    except OSError as exc:
+        under = next((parent for parent in path.parents if os.path.isdir(parent)), path.anchor)
         raise ConfigurationError(
-            f"{path} must be a directory owned by uid {os.geteuid()} (it is not, owner uid "
-            f"{info.st_uid}); delete it or choose another cache directory."
+            f"the own server's cache directory {path} cannot be created under {under} "
+            f"({exc.strerror}): {_CACHE_FIX}, one you may create and write"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "a file"
+        raise ConfigurationError(
+            f"the own server's cache directory {path} must be a directory (it is {kind}): "
+            f"delete it, or {_CACHE_FIX}"
+        )
+    if info.st_uid != os.geteuid():
+        raise ConfigurationError(
+            f"the own server's cache directory {path} must be owned by uid {os.geteuid()}, who "
+            f"runs pytest (it is owned by uid {info.st_uid}): delete it, or {_CACHE_FIX}"
         )
     return path
 

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from _harness import suite_cache
+from conftest import InnerProject
 from pytest_pgtemplate._version import __version__
 from pytest_pgtemplate.naming import DatabaseTag
 from pytest_pgtemplate.server import auth, reaper
@@ -562,3 +563,18 @@ def test_cache_and_own_usage_errors_are_one_line(
     args: tuple[str, ...], says: str, tmp_path: Path
 ) -> None:
     assert says in one_line_error(cli(*args, cwd=tmp_path, check=False))
+
+
+def test_fingerprint_is_the_cache_key_and_follows_the_migrations(project: InnerProject) -> None:
+    """`pgtemplate fingerprint`: the same for the same migrations, whatever the server; a new
+    migration changes it (a CI cache keyed on it is never stale)."""
+    command = [sys.executable, "-m", "pytest_pgtemplate", "fingerprint"]
+    first = subprocess.run(command, cwd=project.path, capture_output=True, text=True, check=True)
+    again = subprocess.run(command, cwd=project.path, capture_output=True, text=True, check=True)
+    assert re.fullmatch(r"[0-9a-f]{64}\n", first.stdout)
+    assert again.stdout == first.stdout
+    (project.path / "migrations/versions/0005_more.py").write_text(
+        'revision = "0005"\ndown_revision = "0004"\n\n\ndef upgrade():\n    pass\n'
+    )
+    changed = subprocess.run(command, cwd=project.path, capture_output=True, text=True, check=True)
+    assert changed.stdout != first.stdout

@@ -118,16 +118,26 @@ class BuildRequest:
         return self.lock_dir / f"{self.name}.{self.run_id}.failed"
 
 
-def template_fingerprint(migrator: Migrator, server_major: int, role: str = "") -> str:
-    """What decides the template's content: the migrations, the plugin's and server's majors,
-    and the role that owns its objects (another role could not reset tables it does not own)."""
+def migrations_key(migrator: Migrator) -> str:
+    """What the template is built from: the migrations and the plugin's major. A CI cache of the
+    archive is keyed on it (``pgtemplate fingerprint``): it changes when a rebuild is due."""
     return hash_parts(
         [
             ("plugin", __version__.split(".")[0].encode()),
             ("tracking", TRACKING_VERSION.encode()),
+            *migrator.fingerprint_parts(),
+        ]
+    )
+
+
+def template_fingerprint(migrator: Migrator, server_major: int, role: str = "") -> str:
+    """What decides the template's content: the migrations, the server's major, and the role
+    that owns its objects (another role could not reset tables it does not own)."""
+    return hash_parts(
+        [
+            ("migrations", migrations_key(migrator).encode()),
             ("server", str(server_major).encode()),
             ("role", role.encode()),
-            *migrator.fingerprint_parts(),
         ]
     )
 

@@ -22,7 +22,7 @@ from ..server.admin import UrlSource, connect
 from ..sweep import Entry, drop_entries, inventory, sweepable
 from ..urls import parse_server_url
 from . import cache
-from .config import cache_here, project_here, server_url
+from .config import cache_here, project_here, rootdir_here, server_url, settings_here
 from .options import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_SIGPIPE, Options, parse
 from .table import Outcome, as_json, row, table, total_mb
 
@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.command == "cache":
             outcome = cache.run(options, cache_here(options.cache_dir))
+        elif options.command == "fingerprint":
+            outcome = _fingerprint(options)
         else:
             outcome = asyncio.run(_command(options))
     except KeyboardInterrupt:
@@ -71,6 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in outcome.stderr:
         print(f"pgtemplate: {line}", file=sys.stderr)
     return status or outcome.status
+
+
+def _fingerprint(options: Options) -> Outcome:
+    from ..migrators import build_migrator
+    from ..template import migrations_key
+
+    migrator = build_migrator(settings_here(), rootdir_here())
+    key = migrations_key(migrator)
+    if options.json:
+        return Outcome(as_json([{"fingerprint": key, "from": migrator.describe()}]))
+    return Outcome(f"{key}\n")
 
 
 def _fail(message: str) -> int:

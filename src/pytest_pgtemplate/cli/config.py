@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigurationError
-from ..settings import OPTIONS_BY_NAME, default_project
+from ..settings import OPTIONS_BY_NAME, Option, Settings, default_project
 
 CONFIG_NAMES = (
     "pytest.toml",
@@ -152,3 +152,19 @@ def project_here() -> str:
             f"no project in {config.rootdir}: pass --project NAME, --run ID or --all-projects"
         )
     return project
+
+
+def settings_here() -> Settings:
+    """The plugin's settings as a run started here would resolve them, minus its command line."""
+    from ..settings import resolve
+
+    config = _here()
+
+    def lookup(option: Option) -> tuple[str | bool | None, str | None]:
+        return None, config.get(option.ini)
+
+    return resolve(lookup, os.environ, config.rootdir)
+
+
+def rootdir_here() -> Path:
+    return _here().rootdir

@@ -34,6 +34,11 @@ cache: the plugin's own servers keep their data directories in slots, <cache>/<m
 the plugin's default). `cache list` shows them; `cache clean` removes those no live run owns, so
 the next run starts a fresh server (initdb). A slot a live run owns is never touched.
 
+fingerprint: what the template is built from (the migrations as the plugin reads them from
+pytest's config here, and the plugin's major): it changes exactly when a rebuild is due, so a CI
+cache of pgtemplate_archive_dir keyed on it is never stale (the archive holds one entry per
+server major and role beside it).
+
 exit status: 0 done; 1 the server refused to drop some databases, or some data directories could
 not be removed (one line each on stderr); 2 a usage, configuration or connection error (one line
 on stderr); 141 the reader of stdout went away (e.g. `| head -1`), silently.
@@ -122,11 +127,14 @@ def _parser() -> _Parser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pgtemplate {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{list,gc,cache}")
+    choices = "{list,gc,cache,fingerprint}"
+    commands = parser.add_subparsers(dest="command", required=True, metavar=choices)
     summary = "templates, worker databases and kept copies, with sizes"
     _subcommand(commands, "list", [shared, server], summary)
     summary = "drop worker databases of runs that are gone"
     _subcommand(commands, "gc", [shared, server, gc_only, dry], summary)
+    summary = "the migrations' hash, as a CI cache key for pgtemplate_archive_dir"
+    _subcommand(commands, "fingerprint", [shared], summary)
     cache = _subcommand(commands, "cache", [shared, dry], "the own servers' data directories")
     caches = cache.add_subparsers(dest="cache_command", required=True, metavar="{list,clean}")
     _subcommand(caches, "list", [shared], "slots: major, owner, port, size")

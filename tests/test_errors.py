@@ -38,6 +38,18 @@ def test_unreachable_server_fails_fast_with_the_fix(project: InnerProject) -> No
     result.stdout.no_fnmatch_line("*asyncpg/connect_utils.py*")
 
 
+def test_a_shared_setup_error_is_shown_in_full_once(project: InnerProject) -> None:
+    project.write_ini(pgtemplate_url="postgresql://postgres@127.0.0.1:1/postgres")
+    project.write_tests(
+        "import pytest\n\n@pytest.mark.parametrize('n', range(6))\n"
+        "def test_db(pg_database, n):\n    pass\n"
+    )
+    result = project.run("-p", "no:xdist")
+    result.assert_outcomes(errors=6)
+    assert result.stdout.str().count("Is the server running?") == 1
+    assert result.stdout.str().count("the same error for every test that needs it") == 5
+
+
 def test_wrong_database_in_url(project: InnerProject) -> None:
     project.write_ini(pgtemplate_url=with_database(project.server_url, "no_such_db_here"))
     project.write_tests(USES_DATABASE)

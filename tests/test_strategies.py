@@ -7,6 +7,7 @@ import uuid
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from _harness import drop_database, with_database
 from conftest import InnerProject
@@ -184,8 +185,11 @@ def test_keep_failed_keeps_a_copy_and_prints_its_url(project: InnerProject) -> N
     result = project.run("-p", "no:xdist", "--pgtemplate-keep-failed")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*database kept for inspection: psql postgresql://*_failed1*"])
-    url = next(line for line in result.outlines if "kept for inspection" in line).split()[-1]
-    with psycopg.connect(url) as kept:
+    line = next(line for line in result.outlines if "kept for inspection" in line)
+    password = make_url(project.server_url).password
+    assert not password or password not in result.stdout.str(), "no password is printed"
+    url = line.split("psql ", 1)[1].split()[0]
+    with psycopg.connect(url, password=password) as kept:
         assert kept.execute("SELECT email FROM customer").fetchall() == [("kept@x",)]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from _pytest.outcomes import Failed  # pytest.fail.Exception, as a class mypy can see
 
 from . import loops
 from .errors import PgTemplateError, PgTemplateWarning
@@ -42,7 +43,12 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except PgTemplateError as exc:
-        raise pytest.fail.Exception(f"pytest-pgtemplate: {exc}", pytrace=False) from None
+        raise SetupFailed(f"pytest-pgtemplate: {exc}", pytrace=False) from None
+
+
+class SetupFailed(Failed):
+    """A session fixture's failure: pytest hands it to every test that needs the fixture, and
+    the report shows it in full once (``plugin.pytest_runtest_makereport``)."""
 
 
 def _run(request: pytest.FixtureRequest) -> Run:

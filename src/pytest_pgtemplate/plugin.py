@@ -26,7 +26,7 @@ from .identity import (
 from .report import Report, ServerUsed, summary_lines
 from .run import Run
 from .settings import OPTIONS, OPTIONS_BY_NAME, Option, Settings, resolve, unknown_names
-from .stash import CRASHED, RUN, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
+from .stash import CRASHED, RUN, SEEN_ERRORS, TESTRUN_UID, USED_DATABASE, WORKER_REPORTS
 from .urls import check_url, export_env, redact
 
 _MARKER_HELP = (
@@ -216,15 +216,45 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """``--pgtemplate-keep-failed``: copy the failed test's database before the reset empties it."""
     report = yield
+    _shorten_repeated_setup_error(item.config, call, report)
     run = item.config.stash[RUN]
     database = item.stash.get(USED_DATABASE, None)
     if report.failed and call.when == "call" and database and run.settings.keep_failed:
         try:
-            line = f"database kept for inspection: psql {database.keep_copy()}"
+            line = f"database kept for inspection: {_psql(database.keep_copy(), run)}"
         except PgTemplateError as exc:
             line = f"warning: could not keep a copy of the database: {exc}"
         report.sections.append(("pgtemplate", line))
     return report
+
+
+def _shorten_repeated_setup_error(
+    config: pytest.Config, call: pytest.CallInfo[None], report: pytest.TestReport
+) -> None:
+    """An unreachable server is one error, not the same paragraph under each of 500 tests."""
+    error = call.excinfo.value if call.excinfo is not None else None
+    if not isinstance(error, fixtures.SetupFailed):
+        return
+    seen = config.stash.setdefault(SEEN_ERRORS, set())
+    if id(error) in seen:
+        first = str(error.msg).split(". ")[0]
+        report.longrepr = f"{first}: as above, the same error for every test that needs it"
+    seen.add(id(error))
+
+
+def _psql(url: str, run: Run) -> str:
+    """A command that reaches the kept copy, without printing a password."""
+    plain = redact(url, mask="")
+    if plain == url.strip():
+        return f"psql {url}"
+    password_file = run.own_password_file()
+    if password_file is None:
+        return f"psql {plain}  (the password is pgtemplate_url's)"
+    return (
+        f'PGPASSWORD="$(cat {password_file})" psql {plain}  (on the plugin\'s own server, which '
+        "stops when this run ends: look before then, e.g. with --pdb, or set pgtemplate_url to a "
+        "server of yours to keep copies)"
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -73,6 +73,15 @@ class Run:
             self.identity.owner_pid, settings.bin_dir, settings.cache_dir, False
         )
 
+    def own_password_file(self) -> Path | None:
+        """Where the own server's password is, when the run is on the plugin's own server."""
+        if self.settings.url.value:
+            return None
+        from .server.own import read_running
+
+        running = read_running(self.own_server().cache, self.identity.owner_pid)
+        return running.password_file if running is not None else None
+
     def worker_name(self) -> str:
         return worker_database_name(self.identity.run_id, self.identity.worker_id)
 

@@ -26,3 +26,5 @@ CRASHED = pytest.StashKey[bool]()
 """config (xdist controller): a worker crashed, so the controller sweeps at the end."""
 USED_DATABASE: pytest.StashKey[WorkerDatabase] = pytest.StashKey()
 """item: the test used the worker database (for ``--pgtemplate-keep-failed``)."""
+SEEN_ERRORS = pytest.StashKey[set[int]]()
+"""config: session fixtures' setup errors already shown in full (by id)."""

@@ -54,13 +54,15 @@ def _ports(parts: urllib.parse.SplitResult) -> list[str]:
     return [port.strip() for port in found if port.strip()]
 
 
-def redact(raw: str) -> str:
-    """``raw`` with its password (if any) masked, without parsing it as SQLAlchemy does."""
+def redact(raw: str, mask: str = "***") -> str:
+    """``raw`` with its password (if any) masked (``mask=""``: left out), without parsing it as
+    SQLAlchemy does."""
     parts = urllib.parse.urlsplit(raw.strip())
     user, at, host = parts.netloc.rpartition("@")
     if not at or ":" not in user:
         return raw.strip()
-    netloc = f"{user.partition(':')[0]}:***@{host}"
+    name = user.partition(":")[0]
+    netloc = f"{name}:{mask}@{host}" if mask else f"{name}@{host}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 

@@ -20,12 +20,12 @@ SHORT = {
     "function": "function-level\n(create+migrate)",
     "classic": "session classic\n(TRUNCATE)",
     "pytest-postgresql": "pytest-\npostgresql",
-    "plugin-truncate": "pgtemplate\ntruncate",
+    "plugin-restore": "pgtemplate\nrestore",
     "plugin-truncate-all": "pgtemplate\ntruncate-all",
     "plugin-rollback": "pgtemplate\nrollback",
     "plugin-recreate": "pgtemplate\nrecreate",
-    "plugin-truncate-fnloop": "pgtemplate\nfn loop",
-    "plugin-truncate-embedded": "pgtemplate\nown server",
+    "plugin-restore-fnloop": "pgtemplate\nfn loop",
+    "plugin-restore-embedded": "pgtemplate\nown server",
 }
 WORKERS = {"0": ("-n 0", "#9ecae1"), "2": ("-n 2", "#2171b5"), "auto": ("-n auto (=2)", "#08306b")}
 FLOOR_STYLE = {"0": ":", "2": "--"}

@@ -52,11 +52,11 @@ def workload_table(plan: Plan, stats: dict[str, CaseStats], workload: Workload) 
     setups = sorted(dict.fromkeys(s.case.setup for s in mine), key=_row_rank)
     columns = [w for w in WORKERS if any(s.case.workers == w for s in mine)]
     names = {"0": "-n 0", "2": "-n 2", "auto": "-n auto (= 2 here)"}
-    plugin = stats.get(f"{workload.key}/plugin-truncate/n2")
+    plugin = stats.get(f"{workload.key}/plugin-restore/n2")
     lines = [
         f"### {workload.label}",
         "",
-        "| setup | " + " | ".join(names[w] for w in columns) + " | vs plugin `truncate` -n 2 |",
+        "| setup | " + " | ".join(names[w] for w in columns) + " | vs plugin `restore` -n 2 |",
         "|---|" + "---|" * (len(columns) + 1),
     ]
     for setup in setups:
@@ -85,12 +85,12 @@ ROW_ORDER = (
     "function",
     "classic",
     "pytest-postgresql",
-    "plugin-truncate",
+    "plugin-restore",
     "plugin-truncate-all",
     "plugin-rollback",
     "plugin-recreate",
-    "plugin-truncate-fnloop",
-    "plugin-truncate-embedded",
+    "plugin-restore-fnloop",
+    "plugin-restore-embedded",
     "floor",
 )
 

@@ -24,7 +24,7 @@ def evaluate(
         found = stats.get(f"{default.key}/{setup}/n{workers}")
         return found.median if found and found.walls and not found.failures else None
 
-    plugin = median("plugin-truncate", "2")
+    plugin = median("plugin-restore", "2")
     return [
         _ratio("≥10x faster than function-level (-n 2)", median("function", "2"), plugin, 10),
         _ratio("faster than session-level classic at -n 0", median("classic", "0"), plugin, 1),

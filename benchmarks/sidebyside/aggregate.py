@@ -73,7 +73,6 @@ def phases(
         "server": over_runs(lambda t: t.fixture_ms("pg_server", "max")),
         "template": over_runs(lambda t: t.fixture_ms("pg_template", "max")),
         "worker_db": over_runs(lambda t: t.fixture_ms("pg_worker_database", "max")),
-        "engine_per_loop": over_runs(_loop_engine_ms),
     }
     for name in PER_TEST_FIXTURES:
         result[f"fixture_{name}"] = over_runs(_fixture_median(name))
@@ -84,13 +83,6 @@ def phases(
 
 def _fixture_median(name: str) -> Callable[[Timings], float | None]:
     return lambda t: t.fixture_ms(name)
-
-
-def _loop_engine_ms(timings: Timings) -> float | None:
-    """The plugin's engine per event loop: once per worker under a session loop."""
-    engines = [v for k, v in timings.fixtures.items() if k.startswith("_pgtemplate_engine_")]
-    values = [s for group in engines for s in group]
-    return 1000 * statistics.median(values) if values else None
 
 
 def all_stats(cases: tuple[Case, ...], results: list[RunResult]) -> dict[str, CaseStats]:

@@ -14,7 +14,7 @@ _COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 _SUMMARY = re.compile(r"^pgtemplate: .*reset\(s\)\s*$", re.MULTILINE)
 _BUILT = re.compile(r"built by (.+?); ")
 _BUILD_SECONDS = re.compile(r"in ([\d.]+) s")
-_CLONES = re.compile(r"(\d+) worker database\(s\) cloned \(avg (\d+) ms\)")
+_CLONES = re.compile(r"(\d+) worker database\(s\) cloned \(avg (\d+) ms[,)]")
 _RESETS = re.compile(r"(\d+) reset\(s\)")
 _START = re.compile(r"(warm|cold) start in ([\d.]+) s")
 

@@ -118,15 +118,15 @@ def phase_table(stats: dict[str, CaseStats], workload: Workload, workers: str) -
         f"Per test, median ms at -n {workers} ({workload.label}):",
         "",
         "| setup | test setup | test body | test teardown (reset) | server | template | "
-        "worker clone (avg) | engine per loop |",
-        "|---|---|---|---|---|---|---|---|",
+        "worker clone (avg) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in stats.values():
         if s.case.workload != workload or s.case.workers != workers or s.failures:
             continue
         p = s.phases
         figures = [p["test_setup"], p["test_call"], p["test_teardown"], p["server"], p["template"]]
-        figures += [p["clone_avg"], p["engine_per_loop"]]
+        figures.append(p["clone_avg"])
         lines.append(f"| {s.case.setup.label} | " + " | ".join(_ms(v) for v in figures) + " |")
     return [*lines, ""]
 

@@ -9,9 +9,11 @@ share: there the suite drops only databases it can prove are its own (``Owned``)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,8 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from pytest_pgtemplate.naming import DatabaseTag
-from pytest_pgtemplate.server.own import OwnServer, cache_root, stop
+from pytest_pgtemplate.server.cache import cache_root
+from pytest_pgtemplate.server.own import OwnServer, stop
 from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
 
 ENV_VAR = "PGTEMPLATE_TEST_URL"
@@ -146,3 +149,15 @@ def new_role_password() -> str:
     """For a role a test creates (``CREATE ROLE ... PASSWORD``): random, as the server is
     reachable over TCP by every local OS user."""
     return secrets.token_urlsafe(16)
+
+
+@contextlib.contextmanager
+def temporary_role(admin: psycopg.Connection, attributes: str) -> Iterator[tuple[str, str]]:
+    """A login role of this test's own, ``CREATE ROLE ... <attributes>``; dropped after, pass or
+    fail. Yields its name and password."""
+    role, password = f"pgtemplate_test_{secrets.token_hex(4)}", new_role_password()
+    admin.execute(f"CREATE ROLE {role} LOGIN {attributes} PASSWORD '{password}'")
+    try:
+        yield role, password
+    finally:
+        admin.execute(f"DROP ROLE {role}")

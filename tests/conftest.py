@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from _harness import ENV_VAR, Owned, SuiteServer, drop_database, new_project_name
+from pytest_pgtemplate.server.own import stop_data_dir
 from pytest_pgtemplate.urls import redacted
 
 __all__ = ["REPO", "SERVER_URL", "InnerProject", "drop_database", "plugin_databases"]
@@ -145,6 +146,18 @@ def server_url() -> str:
     if not SERVER_URL:
         raise RuntimeError("no test server: pytest_configure did not run in this process")
     return SERVER_URL
+
+
+@pytest.fixture
+def cache_dir() -> Iterator[Path]:
+    """A cache of its own (on tmpfs like the default); whatever server runs from it is stopped
+    afterwards, pass or fail."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
+    path = base / f"pgtemplate-test-{uuid.uuid4().hex[:8]}"
+    yield path
+    for data_dir in path.glob("*/slot*/data"):
+        stop_data_dir(data_dir)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

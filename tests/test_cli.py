@@ -27,7 +27,8 @@ from conftest import InnerProject
 from pytest_pgtemplate._version import __version__
 from pytest_pgtemplate.naming import DatabaseTag
 from pytest_pgtemplate.server import auth, reaper
-from pytest_pgtemplate.server.own import OwnServer, cache_root, stop
+from pytest_pgtemplate.server.cache import cache_root
+from pytest_pgtemplate.server.own import OwnServer, stop
 from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
 from pytest_pgtemplate.sweep import LIVENESS_CLASS, TEMPLATE_USE_CLASS, lock_key
 

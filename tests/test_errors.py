@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from _harness import new_role_password, with_database, with_user
+from _harness import temporary_role, with_database, with_user
 from conftest import InnerProject
 from pytest_pgtemplate.claim import build_lock_key
 from pytest_pgtemplate.migrators import AlembicMigrator
@@ -170,14 +169,10 @@ def test_lock_timeout_when_another_run_holds_the_build_lock(project: InnerProjec
 
 
 def test_role_without_createdb(project: InnerProject) -> None:
-    role, password = f"pgtemplate_test_{uuid.uuid4().hex[:8]}", new_role_password()
-    project.admin.execute(f"CREATE ROLE {role} LOGIN NOCREATEDB PASSWORD '{password}'")
-    try:
+    with temporary_role(project.admin, "NOCREATEDB") as (role, password):
         project.write_ini(pgtemplate_url=with_user(project.server_url, role, password))
         project.write_tests(USES_DATABASE)
         result = project.run()
-    finally:
-        project.admin.execute(f"DROP ROLE {role}")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [f"*role '{role}' may not create databases*ALTER ROLE {role} CREATEDB*"]
@@ -295,18 +290,12 @@ def test_sslmode_require_on_a_server_without_ssl(project: InnerProject) -> None:
 
 
 def test_a_role_at_its_connection_limit(project: InnerProject) -> None:
-    role, password = f"pgtemplate_test_{uuid.uuid4().hex[:8]}", new_role_password()
-    project.admin.execute(
-        f"CREATE ROLE {role} LOGIN CREATEDB CONNECTION LIMIT 1 PASSWORD '{password}'"
-    )
-    url = with_user(project.server_url, role, password)
-    try:
+    with temporary_role(project.admin, "CREATEDB CONNECTION LIMIT 1") as (role, password):
+        url = with_user(project.server_url, role, password)
         with psycopg.connect(url):  # the one connection the role may have
             project.add_ini(pgtemplate_url=url)
             project.write_tests(USES_DATABASE)
             result = project.run()
-    finally:
-        project.admin.execute(f"DROP ROLE {role}")
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(
         [

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import InnerProject
 from pytest_pgtemplate.server.binaries import find_binaries
-from pytest_pgtemplate.server.own import start, stop, stop_data_dir
+from pytest_pgtemplate.server.own import start, stop
 
 BRANCH = """
 revision = "{revision}"
@@ -38,16 +38,6 @@ def test_several_heads_are_migrated_but_named(project: InnerProject) -> None:
     result.stdout.fnmatch_lines(
         ["*the migrations have 2 heads (0005a, 0005b)*alembic upgrade head* fails*merge heads*"]
     )
-
-
-@pytest.fixture
-def cache_dir() -> Iterator[Path]:
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-    path = base / f"pgtemplate-test-{uuid.uuid4().hex[:8]}"
-    yield path
-    for data_dir in path.glob("*/slot*/data"):
-        stop_data_dir(data_dir)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_a_database_a_test_leaves_on_the_own_server_is_named(

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import InnerProject
-from pytest_pgtemplate.server.own import stop_data_dir
 
 USES_DATABASE = """
     import pytest
@@ -26,17 +22,6 @@ USES_DATABASE = """
         assert pg_server.started_by_plugin
         assert await pg_session.scalar(text("SELECT count(*) FROM category")) == 3
 """
-
-
-@pytest.fixture
-def cache_dir() -> Iterator[Path]:
-    """A cache of its own (on tmpfs like the default); whatever runs from it is stopped after."""
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-    path = base / f"pgtemplate-test-{uuid.uuid4().hex[:8]}"
-    yield path
-    for data_dir in path.glob("*/slot*/data"):
-        stop_data_dir(data_dir)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def postgres_processes(cache_dir: Path) -> int:

@@ -193,6 +193,23 @@ async def drop_all(dbs: Databases) -> None:
     await dbs.admin.close()
 
 
+@contextlib.asynccontextmanager
+async def clone_of(schema: str) -> AsyncIterator[tuple[Resetter, asyncpg.Connection]]:
+    """A template of its own holding ``schema``, one clone: its resetter and a test's connection."""
+    dbs = await make_template(SERVER_URL, schema)
+    try:
+        name = await dbs.clone()
+        resetter = await open_resetter(dbs.dsn(name), name, 10)
+        conn = await asyncpg.connect(dbs.dsn(name))
+        try:
+            yield resetter, conn
+        finally:
+            await conn.close()
+            await resetter.close()
+    finally:
+        await drop_all(dbs)
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def databases() -> AsyncIterator[Databases]:
     dbs = await make_template(SERVER_URL, SCHEMA)
@@ -526,48 +543,28 @@ async def test_a_prepared_transaction_is_rolled_back_and_reported(clean: World) 
     assert outcome.prepared == (gid,)
 
 
-async def test_extension_tables_are_tracked_too(databases: Databases) -> None:
+async def test_extension_tables_are_tracked_too() -> None:
     """Rows a test adds to an extension's table (PostGIS' spatial_ref_sys, say) come back out."""
     schema = (
         "CREATE EXTENSION IF NOT EXISTS hstore; CREATE TABLE ext_config (srid int PRIMARY KEY);"
         " INSERT INTO ext_config VALUES (4326); ALTER EXTENSION hstore ADD TABLE ext_config;"
     )
-    dbs = await make_template(SERVER_URL, schema)
-    try:
-        name = await dbs.clone()
-        resetter = await open_resetter(dbs.dsn(name), name, 10)
-        conn = await asyncpg.connect(dbs.dsn(name))
-        try:
-            await conn.execute("INSERT INTO ext_config VALUES (3857)")
-            assert (await stats_of(resetter)).tables_refilled == ("public.ext_config",)
-            assert await conn.fetchval("SELECT array_agg(srid) FROM ext_config") == [4326]
-        finally:
-            await conn.close()
-            await resetter.close()
-    finally:
-        await drop_all(dbs)
+    async with clone_of(schema) as (resetter, conn):
+        await conn.execute("INSERT INTO ext_config VALUES (3857)")
+        assert (await stats_of(resetter)).tables_refilled == ("public.ext_config",)
+        assert await conn.fetchval("SELECT array_agg(srid) FROM ext_config") == [4326]
 
 
-async def test_seed_rows_of_a_type_without_binary_io(databases: Databases) -> None:
+async def test_seed_rows_of_a_type_without_binary_io() -> None:
     """isn's isbn13 has no binary send/receive: the seed copy is server-side, any type works."""
     schema = (
         "CREATE EXTENSION IF NOT EXISTS isn; CREATE TABLE book (isbn isbn13 PRIMARY KEY);"
         " INSERT INTO book VALUES ('978-0-306-40615-7')"
     )
-    dbs = await make_template(SERVER_URL, schema)
-    try:
-        name = await dbs.clone()
-        resetter = await open_resetter(dbs.dsn(name), name, 10)
-        conn = await asyncpg.connect(dbs.dsn(name))
-        try:
-            await conn.execute("DELETE FROM book")
-            assert (await stats_of(resetter)).tables_refilled == ("public.book",)
-            assert await conn.fetchval("SELECT isbn::text FROM book") == "978-0-306-40615-7"
-        finally:
-            await conn.close()
-            await resetter.close()
-    finally:
-        await drop_all(dbs)
+    async with clone_of(schema) as (resetter, conn):
+        await conn.execute("DELETE FROM book")
+        assert (await stats_of(resetter)).tables_refilled == ("public.book",)
+        assert await conn.fetchval("SELECT isbn::text FROM book") == "978-0-306-40615-7"
 
 
 # --- Schema changes ---------------------------------------------------------------------------

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import InnerProject
-from pytest_pgtemplate.server.own import stop_data_dir
 
 BINARIES_ENV = "PGTEMPLATE_TEST_PG_BINARIES"
 
@@ -56,21 +52,10 @@ def _bin_dirs() -> list[Any]:
     return [pytest.param(path, id=f"pg{path.parent.name}") for path in found]
 
 
-@pytest.fixture
-def scratch_cache() -> Iterator[Path]:
-    """A cache of its own; whatever server runs from it is stopped afterwards, pass or fail."""
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path("/tmp")
-    path = base / f"pgtemplate-versions-{uuid.uuid4().hex[:8]}"
-    yield path
-    for data_dir in path.glob("*/slot*/data"):
-        stop_data_dir(data_dir)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.parametrize("bin_dir", _bin_dirs())
 def test_own_server_runs_a_suite_on_this_major(
     project: InnerProject,
-    scratch_cache: Path,
+    cache_dir: Path,
     bin_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -79,7 +64,7 @@ def test_own_server_runs_a_suite_on_this_major(
     monkeypatch.setenv("SERVER_VERSION_LOG", str(versions))
     project.write_ini(
         pgtemplate_bin_dir=str(bin_dir),
-        pgtemplate_cache_dir=str(scratch_cache),
+        pgtemplate_cache_dir=str(cache_dir),
         asyncio_mode="auto",
         asyncio_default_fixture_loop_scope="function",
     )
@@ -93,4 +78,4 @@ def test_own_server_runs_a_suite_on_this_major(
     assert len(reported) == 6
     assert all(re.fullmatch(rf"{major}\.\d+", version) for version in reported), reported
     assert project.migrations_run() == 1
-    assert not list(scratch_cache.glob("*/slot*/data/postmaster.pid")), "server outlived run"
+    assert not list(cache_dir.glob("*/slot*/data/postmaster.pid")), "server outlived run"

@@ -23,7 +23,7 @@ from .databases import CloneOptions, clone_options
 from .errors import PgTemplateError, ResetError
 from .naming import DatabaseTag, empty_name, kept_name, now_iso, quote_ident, spare_name
 from .report import WorkerCloned
-from .reset.resetter import Known, LeakedBackend, ResetOutcome, Resetter, open_resetter
+from .reset.resetter import Backend, Known, ResetOutcome, Resetter, open_resetter
 from .server.admin import DRIVER_ERRORS, connect, driver_errors
 from .server.connection import Server
 from .template import TemplateInfo
@@ -109,7 +109,7 @@ class WorkerDatabase:
         """After a test: put the database back to the template's state with ``strategy``."""
         return self._state().reset(strategy)
 
-    def recreate(self) -> tuple[LeakedBackend, ...]:
+    def recreate(self) -> tuple[Backend, ...]:
         """Replace the database by a fresh clone of the template."""
         return self._state().recreate()
 
@@ -253,7 +253,7 @@ class _Clone:
             self.recreate()
         return outcome
 
-    def recreate(self) -> tuple[LeakedBackend, ...]:
+    def recreate(self) -> tuple[Backend, ...]:
         """Swap in a fresh clone: the spare if one is ready, a new clone otherwise."""
         leaked = self._end_leaked()
         self.close_connection()
@@ -343,7 +343,7 @@ class _Clone:
             return False
         return True
 
-    def _end_leaked(self) -> tuple[LeakedBackend, ...]:
+    def _end_leaked(self) -> tuple[Backend, ...]:
         """Before a DROP: open transactions end, prepared ones (DROP refuses them) roll back."""
         if self.resetter is None:
             return ()

@@ -36,6 +36,7 @@ class Backend:
 
     pid: int
     state: str
+    """``active`` (a query still running) or ``idle in transaction`` (it never committed)."""
     query: str
 
 

@@ -40,14 +40,6 @@ WHERE d.datname = current_database() ORDER BY s.setrole
 
 
 @dataclass(frozen=True)
-class LeakedBackend:
-    pid: int
-    state: str
-    """``active`` (a query still running) or ``idle in transaction`` (it never committed)."""
-    query: str
-
-
-@dataclass(frozen=True)
 class ResetOutcome:
     """What a reset (or the check before a test) did.
 
@@ -57,7 +49,7 @@ class ResetOutcome:
     on the server meanwhile (watched on the plugin's own server only).
     """
 
-    leaked: tuple[LeakedBackend, ...] = ()
+    leaked: tuple[Backend, ...] = ()
     schema: tuple[str, ...] = ()
     stats: RestoreStats | None = None
     prepared: tuple[str, ...] = ()
@@ -174,7 +166,7 @@ class Resetter:
 
     async def _check_and_restore(self, *, all_sequences: bool) -> ResetOutcome:
         changes = await self._check(all_sequences)
-        leaked: tuple[LeakedBackend, ...] = ()
+        leaked: tuple[Backend, ...] = ()
         if changes.busy:
             leaked = await self.end_leaked_backends()
             changes = await self._check(all_sequences)
@@ -207,7 +199,7 @@ class Resetter:
             watch_databases=self.watch_databases,
         )
 
-    async def end_leaked_backends(self, grace: float | None = None) -> tuple[LeakedBackend, ...]:
+    async def end_leaked_backends(self, grace: float | None = None) -> tuple[Backend, ...]:
         """End connections still inside a transaction after ``grace`` seconds (default
         ``leak_grace``); they would block the reset. Idle pooled connections are harmless."""
         grace = self.leak_grace if grace is None else grace
@@ -222,9 +214,7 @@ class Resetter:
             await self.conn.execute(
                 "SELECT pg_terminate_backend(pid, 5000) FROM unnest($1::int[]) pid", pids
             )
-        return tuple(
-            LeakedBackend(row["pid"], row["state"] or "", row["query"] or "") for row in rows
-        )
+        return tuple(Backend(row["pid"], row["state"] or "", row["query"] or "") for row in rows)
 
     async def rollback_prepared(self) -> tuple[str, ...]:
         """Prepared transactions on this database: they hold locks, and DROP DATABASE refuses."""
@@ -247,4 +237,4 @@ class Resetter:
         await self.conn.close(timeout=5)
 
 
-__all__ = ["Backend", "Known", "LeakedBackend", "ResetOutcome", "Resetter", "open_resetter"]
+__all__ = ["Backend", "Known", "ResetOutcome", "Resetter", "open_resetter"]

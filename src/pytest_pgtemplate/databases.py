@@ -137,11 +137,10 @@ def clone_options(
 
     PostgreSQL 18's ``file_copy_method = clone`` turns FILE_COPY's file copies into reflinks,
     used only where ``server.reflink`` proves the data directory is here and reflinks. With fsync
-    off it costs the same whatever the template's size (``benchmarks/clone_size.py``, XFS: 18 ms
-    at 19 MB against 26 ms copying, 16 ms at 1.2 GB against 3.1 s). With fsync on, FILE_COPY's
-    checkpoints flush the whole cluster: a 19 MB template took 550 ms cloned against 104 ms with
-    WAL_LOG (125 MB: 703 against 464), while at 1.2 GB clone won (441 against 3388), so the
-    template's size (``template_bytes``) decides there.
+    off it costs the same whatever the template's size. With fsync on, FILE_COPY's checkpoints
+    flush the whole cluster, which WAL_LOG beats on small templates and a reflink clone beats on
+    large ones, so the template's size (``template_bytes``) decides there (the figures:
+    docs/benchmarks.md, ``benchmarks/clone_size.py``).
     """
 
     def options(strategy: str | None, method: str | None = None, note: str = "") -> CloneOptions:

@@ -323,9 +323,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stderr.write(f"pytest-pgtemplate: cleaning up at the end of the run: {exc}\n")
     finally:
         if run.identity.owner_pid == os.getpid() and not run.settings.url.value:
-            from .server.per_run import stop_owned
+            _stop_own_server(run)
 
-            stop_owned(run.own_server())
+
+def _stop_own_server(run: Run) -> None:
+    from .server.cache import cache_root, may_hold_server_of
+
+    if may_hold_server_of(run.settings.cache_dir or cache_root(), run.identity.owner_pid):
+        from .server.per_run import stop_owned
+
+        stop_owned(run.own_server())
 
 
 def _started_here(report: Report) -> str:

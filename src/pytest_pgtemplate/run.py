@@ -190,8 +190,10 @@ class Run:
                 prune_recorded(self._servers_file().parent)
 
     def _servers_file(self) -> Path:
+        from .server.cache import cache_root
+
         name = f"{self.identity.run_id}-{self.identity.owner_pid}.servers"
-        return self.own_server().cache / "runs" / name
+        return (self.settings.cache_dir or cache_root()) / "runs" / name
 
 
 _WORKERS = "PYTEST_XDIST_WORKER_COUNT"

@@ -126,7 +126,7 @@ def cache_here(given: str | None) -> Path:
     """The own servers' cache as the plugin finds it: ``--cache-dir`` (from the current
     directory), PGTEMPLATE_CACHE_DIR, pgtemplate_cache_dir (both from the rootdir, as in the
     plugin), else the plugin's default."""
-    from ..server.own import cache_root
+    from ..server.cache import cache_root
 
     if given:
         return Path(os.path.expanduser(given)).absolute()

@@ -23,8 +23,8 @@ from .check import Changes, Watch
 from .layout import Layout, Table
 from .order import closure
 
-# Above this size (live and dead rows) TRUNCATE beats DELETE: DELETE costs ~0.06 ms per 8 kB
-# page, TRUNCATE a fixed cost per table (benchmarks/reset_overhead.py measures both).
+# Above this size (live and dead rows) TRUNCATE beats DELETE: DELETE's cost grows with the
+# pages, TRUNCATE's is fixed per table (benchmarks/reset_overhead.py measures both).
 TRUNCATE_ABOVE_BYTES = 64 * 8192
 # Trigger modes (pg_trigger.tgenabled) that fire with / without session_replication_role=replica.
 _FIRING = {True: frozenset("AR"), False: frozenset("OA")}

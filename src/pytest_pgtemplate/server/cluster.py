@@ -19,7 +19,7 @@ from .osuser import RunAs, run_program, write_owned
 
 SUPERUSER = "postgres"
 _INCLUDE = "include 'pgtemplate.conf'  # added by pytest-pgtemplate"
-_TUNING = {  # a throwaway test server: durability buys nothing (see shared/MEASUREMENTS.md)
+_TUNING = {  # a throwaway test server: durability buys nothing
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",

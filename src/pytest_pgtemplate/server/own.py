@@ -20,7 +20,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import count
@@ -69,22 +68,6 @@ class OwnServer:
     @property
     def log_file(self) -> Path:
         return self.data_dir.parent / "server.log"
-
-
-def cache_root() -> Path:
-    """Where data dirs live: tmpfs if it has room (initdb 0.44 s there, 1.35 s on disk).
-
-    Root's home is private, yet the server runs as another OS user, so root falls back to the
-    temp dir. Docker's default 64 MB /dev/shm is too small and is skipped.
-    """
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
-        vfs = os.statvfs(shm)
-        if vfs.f_bavail * vfs.f_frsize >= 1 << 30:
-            return shm / f"pytest-pgtemplate-{os.geteuid()}"
-    if os.geteuid() == 0:
-        return Path(tempfile.gettempdir()) / "pytest-pgtemplate-0"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pytest-pgtemplate"
 
 
 def start(binaries: Binaries, *, cache: Path, owner_pid: int, fresh: bool = False) -> OwnServer:

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..errors import LockTimeoutError
 from ..urls import redact
 from .binaries import find_binaries
-from .own import OwnServer, cache_root, read_running, start, stop
+from .cache import cache_root
+from .own import OwnServer, read_running, start, stop
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,8 @@ def postmaster_pid(data_dir: Path) -> int | None:
 def stop_postmaster(data_dir: Path, sig: int, timeout: float) -> bool:
     """Send ``sig`` to the postmaster of ``data_dir`` and wait until it has finished.
 
-    Returns False if it still runs after ``timeout`` seconds. Polls every millisecond: the
-    pidfile disappears ~15 ms after a fast shutdown starts, while ``pg_ctl stop`` waits 100 ms.
+    Returns False if it still runs after ``timeout`` seconds. Polls every millisecond: a fast
+    shutdown is over long before ``pg_ctl stop``'s next look (it polls every 100 ms).
     """
     pid = postmaster_pid(data_dir)
     if pid is None:

@@ -6,7 +6,17 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Numeric, String, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Numeric,
+    String,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -29,7 +39,9 @@ class Product(Base):
         primary_key=True, server_default=text("gen_random_uuid()")
     )
     name: Mapped[str] = mapped_column(String(100))
-    created_at: Mapped[datetime] = mapped_column(server_default=text("now()"))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
     category_id: Mapped[int | None] = mapped_column(ForeignKey("category.id"))
     reviews: Mapped[list[Review]] = relationship(back_populates="product")
 
@@ -45,9 +57,34 @@ class Review(Base):
     product_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("product.id", ondelete="CASCADE"))
     product: Mapped[Product] = relationship(back_populates="reviews")
 
+    __table_args__ = (
+        CheckConstraint("rating >= 0 AND rating <= 5", name="review_rating_range"),
+        Index("review_product_id", "product_id"),
+    )
+
 
 class Customer(Base):
     __tablename__ = "customer"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     email: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+class PurchaseOrder(Base):
+    __tablename__ = "purchase_order"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    customer_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("customer.id"))
+    placed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )
+
+
+class OrderLine(Base):
+    __tablename__ = "order_line"
+
+    order_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("purchase_order.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("product.id"), primary_key=True)
+    quantity: Mapped[int]

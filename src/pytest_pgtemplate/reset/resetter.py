@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
@@ -159,13 +161,21 @@ class Resetter:
             return await self._truncate_everything()
         return await self._check_and_restore(all_sequences=True)
 
-    async def ensure_pristine(self) -> ResetOutcome:
+    async def ensure_pristine(
+        self, alongside: Coroutine[Any, Any, None] | None = None
+    ) -> ResetOutcome:
         """Before a test: undo what ran since the last reset (tests that did not ask for the
-        database may have written to it). Sequences of marked tables are compared."""
-        return await self._check_and_restore(all_sequences=False)
+        database may have written to it). Sequences of marked tables are compared.
 
-    async def _check_and_restore(self, *, all_sequences: bool) -> ResetOutcome:
-        changes = await self._check(all_sequences)
+        ``alongside`` (the claim's liveness round trip, on another connection) runs during the
+        check, which writes nothing; its error is raised before anything is restored.
+        """
+        return await self._check_and_restore(all_sequences=False, alongside=alongside)
+
+    async def _check_and_restore(
+        self, *, all_sequences: bool, alongside: Coroutine[Any, Any, None] | None = None
+    ) -> ResetOutcome:
+        changes = await self._first_check(all_sequences, alongside)
         leaked: tuple[Backend, ...] = ()
         if changes.busy:
             leaked = await self.end_leaked_backends()
@@ -189,6 +199,22 @@ class Resetter:
                 " WHERE key = 'databases_seen'"
             )
         return ResetOutcome(leaked, (), stats, prepared, changes.databases)
+
+    async def _first_check(
+        self, all_sequences: bool, alongside: Coroutine[Any, Any, None] | None
+    ) -> Changes:
+        if alongside is None:
+            return await self._check(all_sequences)
+        # Both run to their end whatever fails: no query may be left running on either connection.
+        found, other = await asyncio.gather(
+            self._check(all_sequences), alongside, return_exceptions=True
+        )
+        if isinstance(other, BaseException):
+            raise other
+        if isinstance(found, BaseException):
+            raise found
+        assert isinstance(found, Changes)
+        return found
 
     async def _check(self, all_sequences: bool) -> Changes:
         return await check(

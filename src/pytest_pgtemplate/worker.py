@@ -249,6 +249,16 @@ class _Clone:
         except Exception as exc:  # not the reset's failure: raised as it is, below
             raise _ClaimFailed(exc) from exc
 
+    async def _after_claim(self, work: Coroutine[Any, Any, ResetOutcome]) -> ResetOutcome:
+        try:
+            await self.server.claim.ensure()
+        except BaseException as exc:
+            work.close()
+            if isinstance(exc, Exception):
+                raise _ClaimFailed(exc) from exc
+            raise
+        return await work
+
     def reset(self, strategy: str) -> ResetOutcome:
         self.server.report.resets += 1
         if strategy == "recreate":
@@ -261,13 +271,16 @@ class _Clone:
         *,
         claimed: bool = False,
     ) -> ResetOutcome:
-        if not claimed:
+        if not claimed and self.resetter is None:
             self.server.run(self.server.claim.ensure())
+            claimed = True
         try:
             if self.resetter is None:
                 self._open_resetter()
             assert self.resetter is not None
-            outcome = self.server.run(action(self.resetter))
+            work = action(self.resetter)
+            # One hop to the plugin's loop: the claim's look (no round trip) runs there too.
+            outcome = self.server.run(work if claimed else self._after_claim(work))
         except _ClaimFailed as failed:
             raise failed.error from None
         except (*DRIVER_ERRORS, ResetError) as exc:

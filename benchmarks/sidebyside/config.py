@@ -194,7 +194,8 @@ def quick_plan(tests: int, rounds: int) -> Plan:
 
 
 def real_suite_plan(tests: int, rounds: int, function_tests: int | None) -> Plan:
-    """Issue 10's real-suite shape at -n 2: the plugin against what large suites do today.
+    """Issue 10's real-suite shape at -n 2: the plugin against what large suites do today, and
+    against its own ``rollback``, the floor here (the tests change seed rows: no-reset fails them).
 
     Function-level may run only its first ``function_tests`` tests (one round): the report
     extrapolates its total. The other two always run every test, ``rounds`` times.
@@ -205,6 +206,7 @@ def real_suite_plan(tests: int, rounds: int, function_tests: int | None) -> Plan
         Case(workload, FUNCTION, "2", 1, sample=sample),
         Case(workload, PER_WORKER_DELETE, "2", rounds),
         Case(workload, PLUGIN_DEFAULT, "2", rounds),
+        Case(workload, _plugin("rollback"), "2", rounds),  # issue 16's floor for this suite
     )
     cuts = (
         f"function-level: one run of {sample or tests} tests"

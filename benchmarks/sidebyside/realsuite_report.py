@@ -137,7 +137,24 @@ def markdown(data: dict[str, Any], plan: Plan, runs: list[RunResult]) -> str:
         "(min-max)",
         "",
     ]
-    return "\n".join([*head, *table(plan, found), *_notes(found)]) + "\n"
+    return "\n".join([*head, *table(plan, found), *_notes(found), *targets(found)]) + "\n"
+
+
+def targets(found: list[Row]) -> list[str]:
+    """Issue 16's two targets for this suite, judged on the warm medians of this run."""
+    plugin = found[0]
+    delete = next((r for r in found if "DELETE-all" in r.label), None)
+    floor = next((r for r in found if "`rollback`" in r.label), None)
+    lines = ["Targets (issue 16), wall medians of this run:", ""]
+    if delete is not None and not delete.failures:
+        ratio = delete.total / plugin.total
+        verdict = "MET" if ratio >= 3 else "MISSED"
+        lines.append(f"- **{verdict}**: >= 3x faster than per-worker DELETE-all: {ratio:.2f}x")
+    if floor is not None and not floor.failures:
+        ratio = plugin.total / floor.total
+        verdict = "MET" if ratio <= 1.2 else "MISSED"
+        lines.append(f"- **{verdict}**: within 1.2x of the floor (`rollback`): {ratio:.2f}x")
+    return [*lines, ""] if len(lines) > 2 else []
 
 
 def _notes(found: list[Row]) -> list[str]:

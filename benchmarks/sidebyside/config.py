@@ -117,13 +117,14 @@ FLOOR = Setup("floor", "floor: pre-migrated, no reset", f"{SETUP_MODULES}.floor"
 PLUGIN_DEFAULT = _plugin("restore")
 PLUGIN_FNLOOP = _plugin("restore", fnloop=True)
 PLUGIN_EMBEDDED = _plugin("restore", embedded=True)
+PLUGIN_ROLLBACK = _plugin("rollback")
 
 
 def _default_matrix(workload: Workload, rounds: int) -> list[Case]:
     """Target comparisons and cheap cases get every round; costly extras get one."""
     cases = [Case(workload, setup, w, rounds) for setup, w in _TARGET_CASES]
     cases += [Case(workload, PLUGIN_DEFAULT, "0", rounds), Case(workload, FLOOR, "0", rounds)]
-    cases += [Case(workload, _plugin("rollback"), w, rounds) for w in ("0", "2")]
+    cases += [Case(workload, PLUGIN_ROLLBACK, w, rounds) for w in ("0", "2")]
     cases += [
         Case(workload, PLUGIN_DEFAULT, "auto", rounds),
         Case(workload, PLUGIN_FNLOOP, "2", rounds),
@@ -206,7 +207,7 @@ def real_suite_plan(tests: int, rounds: int, function_tests: int | None) -> Plan
         Case(workload, FUNCTION, "2", 1, sample=sample),
         Case(workload, PER_WORKER_DELETE, "2", rounds),
         Case(workload, PLUGIN_DEFAULT, "2", rounds),
-        Case(workload, _plugin("rollback"), "2", rounds),  # issue 16's floor for this suite
+        Case(workload, PLUGIN_ROLLBACK, "2", rounds),  # issue 16's floor for this suite
     )
     cuts = (
         f"function-level: one run of {sample or tests} tests"

@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from .config import PLUGIN_DEFAULT, Case, Plan
+from .config import PER_WORKER_DELETE, PLUGIN_DEFAULT, PLUGIN_ROLLBACK, Case, Plan
 from .report import conditions
 from .runner import RunResult
 
@@ -143,8 +143,8 @@ def markdown(data: dict[str, Any], plan: Plan, runs: list[RunResult]) -> str:
 def targets(found: list[Row]) -> list[str]:
     """Issue 16's two targets for this suite, judged on the warm medians of this run."""
     plugin = found[0]
-    delete = next((r for r in found if "DELETE-all" in r.label), None)
-    floor = next((r for r in found if "`rollback`" in r.label), None)
+    delete = next((r for r in found if r.label == PER_WORKER_DELETE.label), None)
+    floor = next((r for r in found if r.label == PLUGIN_ROLLBACK.label), None)
     lines = ["Targets (issue 16), wall medians of this run:", ""]
     if delete is not None and not delete.failures:
         ratio = delete.total / plugin.total

@@ -243,19 +243,17 @@ class _Clone:
             claimed=True,
         )
 
-    async def _claim_alive(self) -> None:
+    async def _claim_alive(self, *, verify: bool = True) -> None:
         try:
-            await self.server.claim.ensure(verify=True)
+            await self.server.claim.ensure(verify=verify)
         except Exception as exc:  # not the reset's failure: raised as it is, below
             raise _ClaimFailed(exc) from exc
 
     async def _after_claim(self, work: Coroutine[Any, Any, ResetOutcome]) -> ResetOutcome:
         try:
-            await self.server.claim.ensure()
-        except BaseException as exc:
-            work.close()
-            if isinstance(exc, Exception):
-                raise _ClaimFailed(exc) from exc
+            await self._claim_alive(verify=False)
+        except BaseException:
+            work.close()  # never started: no "was never awaited" warning
             raise
         return await work
 

@@ -543,6 +543,32 @@ async def test_a_prepared_transaction_is_rolled_back_and_reported(clean: World) 
     assert outcome.prepared == (gid,)
 
 
+async def test_the_resetters_session_stays_replica_across_restores(clean: World) -> None:
+    """A change of session_replication_role empties the session's plan cache: were it set per
+    restore, the check after every restore would be planned anew."""
+    role = "SHOW session_replication_role"
+    assert await clean.resetter.conn.fetchval(role) == "replica"
+    assert await clean.plain.conn.fetchval(role) == "origin", "no superuser: foreign keys on"
+    await clean.test.execute("INSERT INTO app.country VALUES ('es', 'Spain')")
+    assert (await stats_of(clean.resetter)).tables_emptied == ("app.country",)
+    assert await clean.resetter.conn.fetchval(role) == "replica"
+
+
+async def test_truncate_all_fires_on_truncate_triggers_as_the_classic_recipe() -> None:
+    schema = (
+        "CREATE TABLE item (id int); CREATE SEQUENCE truncations;"
+        " CREATE FUNCTION count_truncation() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN PERFORM nextval('truncations'); RETURN NULL; END $$;"
+        " CREATE TRIGGER item_truncated AFTER TRUNCATE ON item"
+        " FOR EACH STATEMENT EXECUTE FUNCTION count_truncation();"
+    )
+    async with clone_of(schema) as (resetter, conn):
+        assert resetter.layout.superuser
+        assert not (await resetter.reset("truncate-all")).schema_changed
+        assert await conn.fetchval("SELECT is_called FROM truncations")
+        assert await resetter.conn.fetchval("SHOW session_replication_role") == "replica"
+
+
 async def test_extension_tables_are_tracked_too() -> None:
     """Rows a test adds to an extension's table (PostGIS' spatial_ref_sys, say) come back out."""
     schema = (

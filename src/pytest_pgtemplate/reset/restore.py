@@ -97,7 +97,7 @@ def script(
         for name, mode in each
         if mode in _FIRING[superuser]
     ]
-    role = (
+    role = (  # the resetter's session is replica already: no change, the plans stay
         "SET LOCAL session_replication_role = replica"
         if superuser
         else "SET CONSTRAINTS ALL DEFERRED"

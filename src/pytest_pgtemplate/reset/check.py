@@ -77,7 +77,10 @@ async def check(
         if fired and await confirm(conn, catalog):
             return Changes(schema=("a change to the catalogs (CREATE, ALTER, DROP, COMMENT...)",))
     try:
-        rows = await conn.fetch(check_query(layout.superuser), all_sequences, watch_databases)
+        query = check_query(
+            layout.superuser, all_sequences=all_sequences, databases=watch_databases
+        )
+        rows = await conn.fetch(query)
     except asyncpg.PostgresError:  # a sequence or table it reads was dropped: DDL says so
         ddl = tuple(row[0] for row in await conn.fetch(_DDL))
         if ddl:

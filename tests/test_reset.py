@@ -870,6 +870,27 @@ async def test_without_superuser_changes_are_undone_and_ddl_is_probed(
         await resetter.close()
 
 
+async def test_without_superuser_the_probe_is_planned_once_per_connection(
+    plain_template: Databases,
+) -> None:
+    """Left to the server, its first five executions were custom plans, each planned anew."""
+    name = await plain_template.clone()
+    resetter = await open_resetter(plain_template.dsn(name), name, 10)
+    try:
+        assert resetter.layout.probe is not None
+        for _ in range(8):
+            assert await resetter.ensure_pristine() == ResetOutcome()
+        plans = await resetter.conn.fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE 'WITH ref AS (SELECT age(%'"
+        )
+        assert len(plans) == 1
+        assert plans[0]["custom_plans"] == 0, plans
+        assert plans[0]["generic_plans"] >= 8, plans
+    finally:
+        await resetter.close()
+
+
 async def test_two_transactions_writing_one_table_never_wait_for_a_mark(
     clean: World, databases: Databases
 ) -> None:

@@ -89,7 +89,12 @@ async def open_resetter(
     try:
         await _refuse_foreign(conn, database)
         # A worker database needs no durability: the reset's COMMIT need not wait for a flush.
-        await conn.execute(f"SET lock_timeout = '{_LOCK_TIMEOUT}'; SET synchronous_commit = off")
+        # Generic plans from the first execution: the server plans a parameterised statement
+        # (the catalog probe, without superuser) anew for each of its first five executions.
+        await conn.execute(
+            f"SET lock_timeout = '{_LOCK_TIMEOUT}'; SET synchronous_commit = off;"
+            " SET plan_cache_mode = force_generic_plan"
+        )
         if known is None:
             known = Known(await _layout(conn, database), ())
         if fresh:

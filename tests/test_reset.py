@@ -556,7 +556,7 @@ async def test_the_resetters_session_stays_replica_across_restores(clean: World)
 
 async def test_the_check_is_planned_once_per_connection(clean: World) -> None:
     """No parameters, so no custom plan per execution: the planner priced the generic plan of
-    the parameterised check higher and planned it anew every time (0.7 to 1.2 ms a check)."""
+    the parameterised check higher and planned it anew every time (about 1 ms a check)."""
     for _ in range(8):
         await clean.resetter.ensure_pristine()
         await clean.resetter.reset("restore")

@@ -126,8 +126,9 @@ def mark_trigger(table: str) -> str:
 # databases that appeared on the server. One plain query, prepared once per connection: no
 # function call (each costs a plan) on the path where nothing changed. The two switches are
 # literals, not parameters: a statement with parameters gets a custom plan at every execution
-# when the planner prices the generic one higher, as it does here (0.7 to 1.2 ms of planning
-# per check); one without any is planned once, its dead branches folded away.
+# when the planner prices the generic one higher, as it did here (about 1 ms of planning per
+# check: benchmarks/check_cost.py); one without any is planned once, its dead branches folded
+# away.
 _CHECK = r"""
 WITH me AS (SELECT oid AS db FROM pg_database WHERE datname = current_database()),
 state AS (

@@ -1,0 +1,165 @@
+"""What the check's parts cost the server, hot, at 10 to 1000 tables (issue 16's analysis).
+
+    python benchmarks/check_cost.py [--tables 10 50 200 1000] [--rounds N] [--url URL]
+
+Each figure is a statement run back to back on the plugin's own connection to an unchanged clone
+(one round trip to a backend that is awake), min / median / max ms of ``--rounds`` runs after 5
+warm-up runs, every (size, variant) interleaved in a shuffled order per round:
+
+- the check before a test (the sequences of marked tables) and after one (every sequence): their
+  difference is the comparison of every sequence;
+- the check before a test with its two switches as parameters ($1, $2), as before b989dce, right
+  after the same statement run as after a test (as the plugin alternated them): the server
+  (``plan_cache_mode = auto``, its default) chose a custom plan, planned anew, at every execution
+  (the plan counts are reported);
+- the scan of ``pg_index`` for an index marked by ``CLUSTER ... USING`` alone;
+- ``SELECT 1``: the round trip itself.
+
+Without --url the plugin's own server runs it. Databases are ``pgtemplate_bench_*``, dropped at
+the end. The report is printed and written to CHECK_COST.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from pytest_pgtemplate.databases import clone_options
+from pytest_pgtemplate.reset import sql
+from pytest_pgtemplate.reset.resetter import open_resetter
+from pytest_pgtemplate.server.admin import describe
+from pytest_pgtemplate.server.own import stop
+from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
+from reset_overhead import TIMEOUT, WARM_UP, Server, build_template, clean_up, clone_worker
+
+# The check before b989dce: the same query, its switches as parameters (private names on
+# purpose: this form is kept here only to be measured against).
+PARAMETERISED = (
+    sql._CHECK.replace("{large_object_data}", sql._LARGE_OBJECT_DATA)
+    .replace("{all}", "$1")
+    .replace("{databases}", "$2")
+)
+# variant: (query, the arguments of the call that wakes the backend, those of the timed call)
+VARIANTS: dict[str, tuple[str, tuple[bool, ...], tuple[bool, ...]]] = {
+    "round trip (SELECT 1)": ("SELECT 1", (), ()),
+    "check before a test": (sql.check_query(True, all_sequences=False, databases=False), (), ()),
+    "check after a test (every sequence)": (
+        sql.check_query(True, all_sequences=True, databases=False),
+        (),
+        (),
+    ),
+    # As the plugin ran it: after a test, then before the next, one statement for both.
+    "check before, switches as parameters": (PARAMETERISED, (True, False), (False, False)),
+    "pg_index scan (CLUSTER)": (sql.CLUSTERED, (), ()),
+}
+Samples = dict[tuple[int, str], list[float]]
+
+
+async def measure(server: Server, tables: list[int], rounds: int) -> tuple[Samples, list[str]]:
+    conns = {}
+    for size in tables:
+        print(f"building the {size}-table template and clone", file=sys.stderr, flush=True)
+        template = await build_template(server, size, "superuser")
+        name = await clone_worker(server, template, True)
+        resetter = await open_resetter(server.dsn(name), name, TIMEOUT)
+        server.connections.append(resetter.conn)
+        # The server's default, as before ea78c02: the resetter now forces generic plans, which
+        # would hide what the parameterised form cost (the literal forms have no parameters).
+        await resetter.conn.execute("SET plan_cache_mode = auto")
+        conns[size] = resetter.conn
+    samples: Samples = {}
+    rng = random.Random(16)
+    blocks = [(size, variant) for size in tables for variant in VARIANTS]
+    for number in range(WARM_UP + rounds):
+        rng.shuffle(blocks)
+        for size, variant in blocks:
+            query, waking, timed = VARIANTS[variant]
+            await conns[size].fetch(query, *waking)  # wakes the backend: the next call is hot
+            started = time.perf_counter()
+            await conns[size].fetch(query, *timed)
+            if number >= WARM_UP:
+                samples.setdefault((size, variant), []).append(
+                    (time.perf_counter() - started) * 1000
+                )
+    plans = []
+    for size, conn in conns.items():
+        row = await conn.fetchrow(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            PARAMETERISED,
+        )
+        plans.append(f"{size} tables: {row['generic_plans']} generic, {row['custom_plans']} custom")
+    return samples, plans
+
+
+async def bench(url: str, tables: list[int], rounds: int, own: bool) -> tuple[Samples, list[str]]:
+    admin = await asyncpg.connect(url, timeout=TIMEOUT)
+    info = await describe(admin, make_url(url), started=own)
+    server = Server(
+        url, admin, await asyncpg.connect(url, timeout=TIMEOUT), clone_options(info, durable=False)
+    )
+    try:
+        return await measure(server, tables, rounds)
+    finally:
+        admin.terminate()
+        await clean_up(server)
+
+
+def report(samples: Samples, plans: list[str], tables: list[int], rounds: int, url: str) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        "# What the check's parts cost, hot (issue 16)",
+        "",
+        "- Command: `python benchmarks/check_cost.py`",
+        f"- Date: {datetime.now(UTC).isoformat(timespec='seconds')}; git commit {commit}",
+        f"- Server: {url.rsplit('@', 1)[-1]}; load at the end {load}",
+        f"- {rounds} rounds after {WARM_UP} warm-up rounds, sizes and variants interleaved",
+        "",
+        "ms, min / median / max, each run right after the same statement (a backend awake):",
+        "",
+        "| variant | " + " | ".join(f"{size} tables" for size in tables) + " |",
+        "|---|" + "---|" * len(tables),
+    ]
+    for variant in VARIANTS:
+        cells = []
+        for size in tables:
+            values = samples[(size, variant)]
+            cells.append(f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += ["", "Plans of the parameterised form (pg_prepared_statements): " + "; ".join(plans)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The check's parts, hot, as Markdown.")
+    parser.add_argument("--tables", type=int, nargs="+", default=[10, 50, 200, 1000])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--url", help="admin URL; default: the plugin's own server")
+    args = parser.parse_args()
+    own = None if args.url else start_now(LocalServerRequest(os.getpid(), None, None, False))
+    try:
+        url: str = own.url if own else args.url
+        samples, plans = asyncio.run(bench(url, args.tables, args.rounds, own is not None))
+    finally:
+        if own is not None:
+            stop(own)
+    text = report(samples, plans, args.tables, args.rounds, url)
+    print(text)
+    Path(__file__).with_name("CHECK_COST.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

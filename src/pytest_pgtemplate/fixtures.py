@@ -18,7 +18,7 @@ from . import loops
 from .errors import PgTemplateError, PgTemplateWarning
 from .report import Problem
 from .settings import RESET_STRATEGIES, choice_error, strategy_name
-from .stash import RUN, USED_DATABASE
+from .stash import ACTIVITY, RUN, USED_DATABASE
 from .urls import export_env
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session
 
+    from .activity import Activity
     from .engines import Database, EnginePool
     from .reset.resetter import ResetOutcome
     from .run import Run
@@ -121,15 +122,30 @@ def pg_database(
     """The worker database in the template's state when the test starts; reset after it."""
     strategy = reset_strategy(request)
     test = request.node.nodeid
+    activity = _activity(request.config)
+    quiet = activity.quiet_since_reset(pg_worker_database)
+    activity.forget()
     with _user_errors():
-        before = pg_worker_database.ensure_clean()
+        before = pg_worker_database.ensure_clean(nothing_ran=quiet)
     _warn_about(before, f"before {test}, an earlier test", pg_worker_database)
     request.node.stash[USED_DATABASE] = pg_worker_database
     yield pg_worker_database
     with _user_errors():
         pg_worker_database.clean_connections()
         after = pg_worker_database.reset(strategy)
+    if strategy != "truncate-all":  # its seed rows come back at the check before the next test
+        activity.mark(pg_worker_database)
     _warn_about(after, test, pg_worker_database)
+
+
+def _activity(config: pytest.Config) -> Activity:
+    """Counting starts with the first test that asks for a database: none before is skipped."""
+    from .activity import Activity
+
+    if ACTIVITY not in config.stash:
+        config.stash[ACTIVITY] = Activity()
+        config.pluginmanager.register(config.stash[ACTIVITY], "pgtemplate-activity")
+    return config.stash[ACTIVITY]
 
 
 @pytest.fixture

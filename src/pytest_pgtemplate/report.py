@@ -53,6 +53,7 @@ class Report:
     worker: str = ""
     events: list[Event] = field(default_factory=list)
     resets: int = 0
+    checks_skipped: int = 0
 
     def record(self, event: Event) -> None:
         self.events.append(event)
@@ -66,7 +67,12 @@ class Report:
 
     def to_wire(self) -> dict[str, Any]:
         events = [{"kind": type(e).__name__, **asdict(e)} for e in self.events]
-        return {"worker": self.worker, "resets": self.resets, "events": events}
+        return {
+            "worker": self.worker,
+            "resets": self.resets,
+            "checks_skipped": self.checks_skipped,
+            "events": events,
+        }
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Report:
@@ -76,7 +82,12 @@ class Report:
             if kind is not None:
                 fields = {k: v for k, v in raw.items() if k in kind.__dataclass_fields__}
                 events.append(kind(**fields))
-        return cls(str(data.get("worker", "")), events, int(data.get("resets", 0)))
+        return cls(
+            str(data.get("worker", "")),
+            events,
+            int(data.get("resets", 0)),
+            int(data.get("checks_skipped", 0)),
+        )
 
 
 def summary_lines(reports: Sequence[Report], owner_note: str = "") -> list[str]:
@@ -104,8 +115,10 @@ def _summary(reports: Sequence[Report], owner_note: str) -> str:
     clone_ms = 1000 * sum(c.seconds for c in clones) / max(len(clones), 1)
     method = next((c.method for c in clones if c.method), "")
     resets = sum(r.resets for r in reports)
+    skipped = sum(r.checks_skipped for r in reports)
+    direct = f" ({skipped} test(s) started right after one: no check before)" if skipped else ""
     return (
         f"pgtemplate: {server}; template {template} {how}; "
         f"{len(clones)} worker database(s) cloned (avg {clone_ms:.0f} ms"
-        f"{', ' + method if method else ''}) and dropped; {resets} reset(s)"
+        f"{', ' + method if method else ''}) and dropped; {resets} reset(s){direct}"
     )

@@ -14,6 +14,7 @@ from .report import Report
 from .run import Run
 
 if TYPE_CHECKING:
+    from .activity import Activity
     from .worker import WorkerDatabase
 
 RUN = pytest.StashKey[Run]()
@@ -28,3 +29,5 @@ USED_DATABASE: pytest.StashKey[WorkerDatabase] = pytest.StashKey()
 """item: the test used the worker database (for ``--pgtemplate-keep-failed``)."""
 SEEN_ERRORS = pytest.StashKey[set[int]]()
 """config: session fixtures' setup errors already shown in full (by id)."""
+ACTIVITY: pytest.StashKey[Activity] = pytest.StashKey()
+"""config: what ran since the worker database's last reset (registered on first use)."""

@@ -3,8 +3,10 @@
 One interleaved run: each round visits every size and case in a shuffled order, so machine load
 hits all alike. A figure is a test body plus what the plugin runs around it (restore: the check
 before + reset("restore"); rollback: the check before + the body in an outer transaction, rolled
-back, + reset("rollback")), minus the same round's body on an untracked clone (the floor). "No
-superuser": the template built by a CREATEDB role (a catalog probe for the event triggers).
+back, + reset("rollback"); restore right after a reset: the body + reset("restore"), what a test
+pays when it directly follows another's reset), minus the same round's body on an untracked clone
+(the floor). "No superuser": the template built by a CREATEDB role (a catalog probe for the event
+triggers).
 
     python benchmarks/reset_overhead.py [--tables 10 50 200 1000] [--rounds N] [--url URL] [--quick]
 
@@ -46,6 +48,7 @@ CHECK, HOT = "check alone", "check alone, hot"  # hot: right after another call
 COLUMNS = {
     "floor": ("floor", True),
     "restore": ("restore", True),
+    "restore, right after a reset": ("direct", True),  # nothing ran since: no check before
     "rollback": ("rollback", True),
     "restore, no superuser": ("restore", False),
     "rollback, no superuser": ("rollback", False),
@@ -108,6 +111,9 @@ class Worker:
         started = time.perf_counter()
         if self.resetter is None:
             await self.test.execute(";".join(body))
+        elif self.strategy == "direct":
+            await self.test.execute(";".join(body))
+            checked(await self.resetter.reset("restore"), before=False)
         else:
             checked(await self.resetter.ensure_pristine(), before=True)
             if self.strategy == "rollback":

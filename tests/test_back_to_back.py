@@ -6,6 +6,8 @@ from __future__ import annotations
 from conftest import InnerProject
 
 BETWEEN = """
+    import asyncio
+
     import asyncpg
     import pytest
     from sqlalchemy import text
@@ -50,6 +52,16 @@ BETWEEN = """
     async def test_5_starts_with_it_undone(pg_session):
         assert await customers(pg_session) == 0
 
+    class TestXunitStyle:
+        def teardown_method(self, method):  # pytest runs it after pg_database's reset
+            asyncio.run(write(self.database, "xunit@x"))
+
+        async def test_5b_teardown_method_writes(self, pg_worker_database, pg_session):
+            self.database = pg_worker_database
+
+    async def test_5c_starts_with_it_undone(pg_session):
+        assert await customers(pg_session) == 0
+
     @pytest.mark.pgtemplate(reset="truncate-all")
     async def test_6_truncate_all(pg_session):
         pass
@@ -62,9 +74,9 @@ BETWEEN = """
 def test_only_what_ran_between_two_tests_costs_a_check(project: InnerProject) -> None:
     project.write_tests(BETWEEN)
     result = project.run("-p", "no:xdist", "-W", "ignore::pytest_pgtemplate.PgTemplateWarning")
-    result.assert_outcomes(passed=11)
+    result.assert_outcomes(passed=13)
     # test_4 asks for no reset; the first tests of the chain start right after one
-    result.stdout.fnmatch_lines(["pgtemplate: *; 10 reset(s) (* test(s) started right after one*"])
+    result.stdout.fnmatch_lines(["pgtemplate: *; 12 reset(s) (* test(s) started right after one*"])
 
 
 def test_the_same_across_two_workers(project: InnerProject) -> None:
@@ -72,4 +84,4 @@ def test_the_same_across_two_workers(project: InnerProject) -> None:
     result = project.run(
         "-n", "2", "--dist", "loadfile", "-W", "ignore::pytest_pgtemplate.PgTemplateWarning"
     )
-    result.assert_outcomes(passed=11)
+    result.assert_outcomes(passed=13)

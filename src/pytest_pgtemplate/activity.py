@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 # Fixtures known not to write to a database: the plugin's own (a conftest override of one of
-# them has another module), pytest's builtins, pytest-asyncio's event loops.
-_QUIET_MODULES = ("pytest_pgtemplate.", "_pytest.")
+# them has another module), pytest's public builtins (tmp_path, monkeypatch, caplog...; not its
+# private ones, which run a suite's own code: setup_method/teardown_method, setUpClass...),
+# pytest-asyncio's event loops.
 _QUIET_ASYNCIO = {"event_loop_policy"} | {
     f"_{scope}_scoped_runner" for scope in ("function", "class", "module", "package", "session")
 }
@@ -56,6 +57,8 @@ class Activity:
 
 def _quiet(fixturedef: pytest.FixtureDef[Any]) -> bool:
     module = getattr(fixturedef.func, "__module__", None) or ""
-    if module.startswith(_QUIET_MODULES):
+    if module.startswith("pytest_pgtemplate."):
         return True
+    if module.startswith("_pytest."):
+        return not fixturedef.argname.startswith("_")
     return module.startswith("pytest_asyncio") and fixturedef.argname in _QUIET_ASYNCIO

@@ -16,7 +16,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -89,6 +89,10 @@ CREATE TABLE dog (good boolean DEFAULT true) INHERITS (animal);
 CREATE SEQUENCE app.invoice_number START 1000;
 CREATE SEQUENCE untouched_seq;
 CREATE SEQUENCE cached_seq CACHE 20;
+DO $$ BEGIN  -- no WAL: the check compares it always (UNLOGGED sequences are PostgreSQL 15+)
+  EXECUTE CASE WHEN current_setting('server_version_num')::int >= 150000
+          THEN 'CREATE UNLOGGED SEQUENCE unlogged_seq' ELSE 'CREATE SEQUENCE unlogged_seq' END;
+END $$;
 CREATE MATERIALIZED VIEW country_count AS SELECT count(*) AS n FROM app.country;
 
 INSERT INTO app.country VALUES ('de', 'Germany'), ('fr', 'France'), ('it', 'Italy');
@@ -240,6 +244,9 @@ async def world(databases: Databases) -> AsyncIterator[World]:
     expected = await fresh_dump(databases)
     name = await databases.clone()
     resetter = await open_resetter(databases.dsn(name), name, 10, leak_grace=0.2)
+    # A dozen sequences: the plugin would compare them all (WAL_MIN_SEQUENCES); the WAL path is
+    # what these tests are for (test_every_way_a_sequence_moves_is_undone runs both).
+    resetter.wal_min_sequences = 0
     layout = dataclasses.replace(resetter.layout, superuser=False)
     plain = await open_resetter(
         databases.dsn(name), name, 10, Known(layout, resetter.known.settings), fresh=False
@@ -458,17 +465,143 @@ async def test_seed_row_updated_in_place_and_rolled_back_work(clean: World) -> N
         "BEGIN; INSERT INTO event (kind) VALUES (1); ROLLBACK",
         "ALTER SEQUENCE untouched_seq RESTART WITH 40",
         "SELECT nextval('cached_seq')",
+        "SELECT nextval('unlogged_seq')",
     ],
 )
-async def test_every_way_a_sequence_moves_is_undone(clean: World, statement: str) -> None:
+@pytest.mark.parametrize("found_by", ["wal", "comparing every sequence"])
+async def test_every_way_a_sequence_moves_is_undone(
+    clean: World, statement: str, found_by: str
+) -> None:
+    """Found by the WAL (a budget no test reaches), and by comparing every sequence (no budget:
+    what a test that wrote more WAL than that gets)."""
     # What the plugin's pools do when a connection is reused: no cached values (CACHE 20)
     # from an earlier test, which would let nextval() skip the sequence itself.
     await clean.test.execute("DISCARD SEQUENCES")
     with contextlib.suppress(asyncpg.PostgresError):
         await clean.test.execute(statement)
-    stats = await stats_of(clean.resetter)
-    assert stats.sequences_reset, statement
-    assert stats.tables_emptied == (), "no rows changed: nothing else is touched"
+    with wal_budget(clean.resetter, 10**9 if found_by == "wal" else 0):
+        outcome = await clean.resetter.reset("restore")
+    assert not outcome.schema_changed, outcome.schema
+    assert outcome.from_wal is (found_by == "wal" and clean.resetter.uses_wal)
+    assert outcome.stats is not None, statement
+    assert outcome.stats.sequences_reset, statement
+    assert outcome.stats.tables_emptied == (), "no rows changed: nothing else is touched"
+
+
+@contextlib.contextmanager
+def wal_budget(resetter: Resetter, per_sequence: int) -> Iterator[None]:
+    saved = resetter.wal_bytes_per_sequence
+    resetter.wal_bytes_per_sequence = per_sequence
+    try:
+        yield
+    finally:
+        resetter.wal_bytes_per_sequence = saved
+
+
+def needs_wal_marks(world: World) -> None:
+    if not world.resetter.uses_wal:
+        pytest.skip("the server has no pg_walinspect (PostgreSQL 14, or no contrib)")
+
+
+async def test_with_wal_marks_only_the_sequences_the_wal_names_are_compared(
+    clean: World,
+) -> None:
+    """The WAL since the last reset names the sequence a bare nextval() moved (and the
+    unlogged one, which writes no WAL, is compared every time): nothing else is read."""
+    needs_wal_marks(clean)
+    with wal_budget(clean.resetter, 10**9):
+        assert (await clean.resetter.reset("restore")).from_wal
+        await clean.test.execute("SELECT nextval('untouched_seq'), nextval('unlogged_seq')")
+        changes = await clean.resetter._check(all_sequences=True)
+        assert changes.from_wal
+        names = {s.oid: s.name for s in clean.resetter.layout.sequences}
+        assert sorted(names[oid] for oid in changes.sequences) == [
+            "public.unlogged_seq",
+            "public.untouched_seq",
+        ]
+        outcome = await clean.resetter.reset("restore")
+        assert outcome.from_wal
+        assert outcome.stats is not None
+        assert outcome.stats.sequences_reset == ("public.unlogged_seq", "public.untouched_seq")
+
+
+@pytest.mark.parametrize("budget", ["wal", "none"])
+async def test_with_wal_marks_a_sequence_the_wal_does_not_name_is_not_read(
+    clean: World, budget: str
+) -> None:
+    """Reading a sequence takes a lock on it: with one held by a test's open transaction, a
+    check that reads every sequence waits (and times out here), one that reads what the WAL
+    names does not touch it."""
+    needs_wal_marks(clean)
+    conn = clean.resetter.conn
+    await clean.resetter.reset("restore")  # the start: right now
+    await clean.test.execute("SELECT nextval('untouched_seq')")
+    # LOCK TABLE refuses sequences; a RENAME holds ACCESS EXCLUSIVE until the rollback.
+    await clean.test.execute("BEGIN; ALTER SEQUENCE cached_seq RENAME TO cached_seq_locked")
+    await conn.execute("SET lock_timeout = '300ms'")
+    try:
+        with wal_budget(clean.resetter, 10**9 if budget == "wal" else 0):
+            if budget == "wal":
+                changes = await clean.resetter._check(all_sequences=True)
+                assert changes.from_wal
+                assert [b.state for b in changes.busy] == ["idle in transaction"]
+                assert len(changes.sequences) == 1
+            else:
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await clean.resetter._check(all_sequences=True)
+    finally:
+        await clean.test.execute("ROLLBACK")
+        await conn.execute("RESET lock_timeout")
+
+
+async def test_with_wal_marks_setval_is_called_false_on_a_sequence_never_called(
+    clean: World,
+) -> None:
+    """pg_sequence_last_value() is NULL before and after: the sequence itself is read (without
+    WAL marks this is a known miss, docs/concepts.md)."""
+    needs_wal_marks(clean)
+    await clean.test.execute("SELECT setval('untouched_seq', 7, false)")
+    with wal_budget(clean.resetter, 10**9):
+        outcome = await clean.resetter.reset("restore")
+    assert outcome.from_wal
+    assert outcome.stats is not None
+    assert outcome.stats.sequences_reset == ("public.untouched_seq",)
+
+
+async def test_with_wal_marks_a_check_run_again_keeps_what_the_first_found(
+    clean: World, databases: Databases
+) -> None:
+    """A transaction still open makes the reset end it and check again: the WAL the first
+    check read is read again, so a sequence only it named is still put back."""
+    needs_wal_marks(clean)
+    other = await asyncpg.connect(databases.dsn(clean.resetter.database))
+    try:
+        with wal_budget(clean.resetter, 10**9):
+            await clean.test.execute("SELECT nextval('untouched_seq')")
+            await other.execute("BEGIN; SELECT 1")  # idle in transaction: ended after the grace
+            outcome = await clean.resetter.reset("restore")
+        assert [b.state for b in outcome.leaked] == ["idle in transaction"]
+        assert outcome.from_wal
+        assert outcome.stats is not None
+        assert outcome.stats.sequences_reset == ("public.untouched_seq",)
+    finally:
+        await other.close(timeout=2)
+
+
+async def test_with_wal_marks_unreadable_wal_means_every_sequence_is_compared(
+    clean: World,
+) -> None:
+    """A start the server no longer holds WAL for (a checkpoint recycled it): no error, every
+    sequence compared, the sequence still put back."""
+    needs_wal_marks(clean)
+    await clean.test.execute("SELECT nextval('untouched_seq')")
+    clean.resetter.wal_from = 1  # 0/1: long recycled
+    with wal_budget(clean.resetter, 10**12):
+        outcome = await clean.resetter.reset("restore")
+    assert not outcome.from_wal
+    assert outcome.stats is not None
+    assert outcome.stats.sequences_reset == ("public.untouched_seq",)
+    assert (clean.resetter.wal_from or 0) > 1
 
 
 async def test_the_check_before_a_test_restores_writes_made_outside_tests(clean: World) -> None:
@@ -554,19 +687,43 @@ async def test_the_resetters_session_stays_replica_across_restores(clean: World)
     assert await clean.resetter.conn.fetchval(role) == "replica"
 
 
-async def test_the_check_is_planned_once_per_connection(clean: World) -> None:
+async def test_the_check_is_planned_once_per_connection(clean: World, databases: Databases) -> None:
     """No parameters, so no custom plan per execution: the planner priced the generic plan of
-    the parameterised check higher and planned it anew every time (about 1 ms a check)."""
+    the parameterised check higher and planned it anew every time (about 1 ms a check). The
+    query as it runs without WAL marks (which put it inside a procedure: below)."""
+    assert clean.resetter.layout.wal_marks, "the own server (PostgreSQL 15) has pg_walinspect"
+    layout = dataclasses.replace(clean.resetter.layout, sequence_marks="compare")
+    name = clean.resetter.database
+    known = Known(layout, clean.resetter.known.settings)
+    resetter = await open_resetter(databases.dsn(name), name, 10, known, fresh=False)
+    try:
+        for _ in range(8):
+            await resetter.ensure_pristine()
+            await resetter.reset("restore")
+        plans = await resetter.conn.fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%marked AS (SELECT DISTINCT rel FROM pgtemplate.dirty)%'"
+            " AND statement NOT LIKE '%pg_prepared_statements%'"  # this query itself
+        )
+    finally:
+        await resetter.close()
+    assert len(plans) == 2, "one statement before a test, one after"
+    assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 8 for p in plans), plans
+
+
+async def test_with_wal_marks_the_check_is_one_call_planned_generic(clean: World) -> None:
+    """The procedure's statements take parameters (the start, the sequences the WAL names):
+    the resetter's session plans them generic from the first execution."""
     for _ in range(8):
         await clean.resetter.ensure_pristine()
         await clean.resetter.reset("restore")
-    plans = await clean.resetter.conn.fetch(
+    assert await clean.resetter.conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+    calls = await clean.resetter.conn.fetch(
         "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-        " WHERE statement LIKE '%marked AS (SELECT DISTINCT rel FROM pgtemplate.dirty)%'"
-        " AND statement NOT LIKE '%pg_prepared_statements%'"  # this query itself
+        " WHERE statement LIKE 'CALL pgtemplate.check%'"
     )
-    assert len(plans) == 2, "one statement before a test, one after"
-    assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 8 for p in plans), plans
+    assert len(calls) == 1, calls
+    assert calls[0]["custom_plans"] == 0, calls
 
 
 async def test_truncate_all_fires_on_truncate_triggers_as_the_classic_recipe() -> None:

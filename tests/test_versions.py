@@ -15,8 +15,25 @@ from typing import Any
 import pytest
 
 from conftest import InnerProject
+from pytest_pgtemplate.reset.check import WAL_MIN_SEQUENCES
 
 BINARIES_ENV = "PGTEMPLATE_TEST_PG_BINARIES"
+
+# As many sequences as the check after a test needs to read the WAL instead of comparing them
+# all (WAL_MIN_SEQUENCES): the WAL's records differ between majors, so each reads its own.
+MANY_SEQUENCES = f"""
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    for number in range({WAL_MIN_SEQUENCES}):
+        op.execute(f"CREATE SEQUENCE spare_{{number}}")
+"""
 
 WRITES_THEN_FINDS_A_RESET_DATABASE = """
     import os
@@ -29,12 +46,15 @@ WRITES_THEN_FINDS_A_RESET_DATABASE = """
         assert pg_server.started_by_plugin
         assert await pg_session.scalar(text("SELECT count(*) FROM category")) == 3  # the seed
         assert await pg_session.scalar(text("SELECT count(*) FROM customer")) == 0
-        await pg_session.execute(text("INSERT INTO customer (email) VALUES (:e)"), {"e": str(n)})
+        insert = text("INSERT INTO customer (email) VALUES (:e) RETURNING id")
+        await pg_session.execute(insert, {"e": "rolled back"})
+        await pg_session.rollback()  # its id is gone for good: the reset must put it back
+        customer_id = await pg_session.scalar(insert, {"e": str(n)})
         await pg_session.execute(text("INSERT INTO category (code, title) VALUES ('n', 'N')"))
         await pg_session.commit()
         version = await pg_session.scalar(text("SHOW server_version"))
         with open(os.environ["SERVER_VERSION_LOG"], "a") as log:
-            log.write(f"{version}\\n")
+            log.write(f"{version} {customer_id}\\n")
 """
 
 
@@ -69,13 +89,21 @@ def test_own_server_runs_a_suite_on_this_major(
         asyncio_default_fixture_loop_scope="function",
     )
     project.write_tests(WRITES_THEN_FINDS_A_RESET_DATABASE)
+    (project.path / "migrations/versions/0005_sequences.py").write_text(MANY_SEQUENCES)
     result = project.run("-n", "2")
     result.assert_outcomes(passed=6)
+    # PostgreSQL 14 has no pg_walinspect; every later major's contrib does.
+    sequences = "every sequence compared" if major == "14" else "sequences from the WAL"
     result.stdout.fnmatch_lines(
-        [f"pgtemplate: own PostgreSQL {major}.* (pgtemplate_bin_dir: *; cold start in *"]
+        [
+            f"pgtemplate: own PostgreSQL {major}.* (pgtemplate_bin_dir: *; cold start in *"
+            f"change tracking: statement triggers, event triggers, {sequences}"
+        ]
     )
-    reported = versions.read_text().split()
+    reported = [line.split() for line in versions.read_text().splitlines()]
     assert len(reported) == 6
-    assert all(re.fullmatch(rf"{major}\.\d+", version) for version in reported), reported
+    assert all(re.fullmatch(rf"{major}\.\d+", version) for version, _ in reported), reported
+    # Every test's customer got the same id: the rolled-back insert's nextval() was undone too.
+    assert len({customer_id for _, customer_id in reported}) == 1, reported
     assert project.migrations_run() == 1
     assert not list(cache_dir.glob("*/slot*/data/postmaster.pid")), "server outlived run"

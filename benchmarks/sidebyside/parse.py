@@ -12,7 +12,9 @@ from typing import Any
 
 _COUNTS = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
 # "... N reset(s)", and since 499dfa6 perhaps " (M test(s) started right after one: ...)"
-_SUMMARY = re.compile(r"^pgtemplate: .*\d reset\(s\)(?: \(.*\))?\s*$", re.MULTILINE)
+_SUMMARY = re.compile(
+    r"^pgtemplate: .*\d reset\(s\)(?: \(.*\))?(?:; change tracking: .*)?\s*$", re.MULTILINE
+)
 _BUILT = re.compile(r"built by (.+?); ")
 _BUILD_SECONDS = re.compile(r"in ([\d.]+) s")
 _CLONES = re.compile(r"(\d+) worker database\(s\) cloned \(avg (\d+) ms[,)]")

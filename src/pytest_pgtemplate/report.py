@@ -32,6 +32,7 @@ class TemplateReady:
 class WorkerCloned:
     seconds: float
     method: str  # how, and why: ``FILE_COPY, fsync off``
+    tracking: str = ""  # Resetter.describe(): what the checks rely on
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,12 @@ def _summary(reports: Sequence[Report], owner_note: str) -> str:
     clones = [c for r in reports for c in r.of(WorkerCloned)]
     clone_ms = 1000 * sum(c.seconds for c in clones) / max(len(clones), 1)
     method = next((c.method for c in clones if c.method), "")
+    tracking = next((f"; {c.tracking}" for c in clones if c.tracking), "")
     resets = sum(r.resets for r in reports)
     skipped = sum(r.checks_skipped for r in reports)
     direct = f" ({skipped} test(s) started right after one: no check before)" if skipped else ""
     return (
         f"pgtemplate: {server}; template {template} {how}; "
         f"{len(clones)} worker database(s) cloned (avg {clone_ms:.0f} ms"
-        f"{', ' + method if method else ''}) and dropped; {resets} reset(s){direct}"
+        f"{', ' + method if method else ''}) and dropped; {resets} reset(s){direct}{tracking}"
     )

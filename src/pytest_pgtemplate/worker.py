@@ -183,7 +183,9 @@ def clone_worker(
     slot = _Clone(name, origin, server)
     database._slot = slot
     slot.create()
-    server.report.record(WorkerCloned(time.perf_counter() - started, origin.clone.describe()))
+    tracking = slot.resetter.describe() if slot.resetter is not None else ""
+    seconds = time.perf_counter() - started
+    server.report.record(WorkerCloned(seconds, origin.clone.describe(), tracking))
     return database
 
 

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import asyncpg
 
 from .layout import Layout
 from .schema import CatalogState, confirm, probe_query
-from .sql import check_query
+from .sql import CALL_CHECK, check_query
 
 _DDL = "SELECT what FROM pgtemplate.ddl WHERE kind = 'schema'"
+WAL_MIN_SEQUENCES = 250
+"""From how many sequences the check after a test reads the WAL instead of comparing them all:
+the procedure's flush, commit and WAL read cost about 0.2-0.3 ms more than the plain query, and
+comparing every sequence costs about 0.9 us each (``benchmarks/check_cost.py``; at 200 tables
+the procedure was the dearer, at 1000 the cheaper by half a millisecond)."""
+WAL_BYTES_PER_SEQUENCE = 128
+"""How much WAL the check reads, per sequence, before comparing every sequence is cheaper:
+pg_walinspect decodes about 85 bytes a microsecond and a sequence compares in about 1.4 on the
+machines CI runs on (``benchmarks/check_cost.py``): reading costs at most what comparing would."""
 
 
 @dataclass
@@ -53,6 +64,10 @@ class Changes:
     large_objects: bool = False
     settings: bool = False
     databases: tuple[str, ...] = ()
+    wal_upto: int | None = None
+    """Where the WAL was read up to (the next check starts there); None without WAL marks."""
+    from_wal: bool = False
+    """The WAL named the sequences compared; False: every sequence was."""
 
     @property
     def restore_needed(self) -> bool:
@@ -68,8 +83,18 @@ async def check(
     *,
     all_sequences: bool,
     watch_databases: bool = False,
+    wal: bool = False,
+    wal_from: int | None = None,
+    wal_budget: int = 0,
 ) -> Changes:
-    """The marks, and (without event triggers) the catalog probe first: DDL decides alone."""
+    """The marks, and (without event triggers) the catalog probe first: DDL decides alone.
+
+    ``wal`` (the layout has WAL marks): the procedure runs instead; ``wal_from`` is where the
+    last reset's check read the WAL up to and ``wal_budget`` how many bytes of it are worth
+    reading (else, or when None, every sequence is compared); ``all_sequences`` does not matter.
+    """
+    if wal and layout.wal_marks:
+        return await _check_with_wal(conn, layout, wal_from, wal_budget, watch_databases)
     catalog = watch.catalog
     if catalog is not None and layout.probe is not None:
         query = probe_query(layout.probe.watched)
@@ -92,8 +117,30 @@ async def check(
     return changes
 
 
-def _parse(rows: list[asyncpg.Record], layout: Layout) -> Changes:
-    by_kind: dict[str, list[asyncpg.Record]] = {}
+async def _check_with_wal(
+    conn: asyncpg.Connection,
+    layout: Layout,
+    wal_from: int | None,
+    budget: int,
+    watch_databases: bool,
+) -> Changes:
+    try:
+        row = await conn.fetchrow(CALL_CHECK, wal_from, budget, watch_databases)
+    except asyncpg.PostgresError:  # as in check(): a relation it reads was dropped
+        ddl = tuple(r[0] for r in await conn.fetch(_DDL))
+        if ddl:
+            return Changes(schema=ddl)
+        raise
+    assert row is not None
+    kinds, rels, details = row["kinds"] or [], row["rels"] or [], row["details"] or []
+    rows = [
+        {"kind": k, "rel": r, "detail": d} for k, r, d in zip(kinds, rels, details, strict=True)
+    ]
+    return replace(_parse(rows, layout), wal_upto=row["upto"], from_wal=bool(row["wal"]))
+
+
+def _parse(rows: Sequence[Mapping[str, Any]], layout: Layout) -> Changes:
+    by_kind: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_kind.setdefault(row["kind"], []).append(row)
     known = {t.oid for t in layout.tables}

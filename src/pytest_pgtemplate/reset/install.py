@@ -79,7 +79,9 @@ async def install(conn: asyncpg.Connection) -> Layout:
         await conn.execute(sql.CREATE_SCHEMA)
         layout = await _layout(conn, superuser)
         await _track(conn, layout)
-        if superuser:
+        if superuser:  # the event triggers last: they would mark the tracking's own DDL
+            if await _wal_marks(conn, layout):
+                layout = replace(layout, sequence_marks="wal")
             await conn.execute(sql.CREATE_EVENT_TRIGGERS)
         await _store(conn, layout)
     if not superuser:  # the probe's reference must cover the catalog rows written just now
@@ -217,13 +219,41 @@ async def _track(conn: asyncpg.Connection, layout: Layout) -> None:
     )
     await conn.execute(
         "INSERT INTO pgtemplate.sequences SELECT s, pg_sequence_last_value(s),"
-        " pgtemplate.sequence_options(s) FROM unnest($1::oid[]) s",
+        " pgtemplate.sequence_options(s), c.relpersistence = 'p', v"
+        " FROM unnest($1::oid[], $2::bigint[]) AS x(s, v) JOIN pg_class c ON c.oid = s",
         [s.oid for s in layout.sequences],
+        [s.last_value for s in layout.sequences],
     )
     await conn.execute(
         "INSERT INTO pgtemplate.large_objects"
         " SELECT oid, lomowner, lo_get(oid) FROM pg_largeobject_metadata"
     )
+
+
+async def _wal_marks(conn: asyncpg.Connection, layout: Layout) -> bool:
+    """Install ``pgtemplate.check`` where pg_walinspect can be had (PostgreSQL 15+, contrib
+    installed); else the check compares every sequence after a test."""
+    schema = await conn.fetchval(
+        "SELECT quote_ident(extnamespace::regnamespace::text) FROM pg_extension"
+        " WHERE extname = 'pg_walinspect'"
+    )
+    try:
+        async with conn.transaction():  # a savepoint: without pg_walinspect, nothing is left
+            if schema is None:
+                await conn.execute("CREATE EXTENSION pg_walinspect SCHEMA pgtemplate")
+                schema = "pgtemplate"
+            await conn.execute(sql.create_wal_marks(schema))
+    except asyncpg.PostgresError:
+        return False
+    # setval() leaves a sequence's log_cnt at 0, so that the next nextval() writes WAL; a
+    # clone's pages are the template's (a restore's setval() does the same).
+    await conn.execute(
+        "SELECT setval(s, v, c) FROM unnest($1::oid[], $2::bigint[], $3::bool[]) AS x(s, v, c)",
+        [s.oid for s in layout.sequences],
+        [s.last_value for s in layout.sequences],
+        [s.is_called for s in layout.sequences],
+    )
+    return True
 
 
 def _sequences_of(table: Table, layout: Layout, links: Sequence[asyncpg.Record]) -> list[int]:

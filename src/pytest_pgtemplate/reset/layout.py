@@ -71,12 +71,19 @@ class Layout:
     large_objects_acl: bool = False
     """A template large object has an ACL, which a restore would not bring back: re-clone."""
     probe: Probe | None = None
+    sequence_marks: str = "compare"
+    """``wal``: the procedure that reads moved sequences from the WAL is installed (superuser,
+    pg_walinspect); ``compare``: the check after a test can only compare every sequence."""
     _by_oid: dict[int, Table] = field(default_factory=dict, compare=False, repr=False)
 
     def table(self, oid: int) -> Table:
         if not self._by_oid:
             self._by_oid.update((t.oid, t) for t in self.tables)
         return self._by_oid[oid]
+
+    @property
+    def wal_marks(self) -> bool:
+        return self.superuser and self.sequence_marks == "wal"
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -96,6 +103,7 @@ class Layout:
             truncate_all=tuple(data["truncate_all"]),
             large_objects_acl=data["large_objects_acl"],
             probe=Probe(**_tuples(probe)) if probe else None,
+            sequence_marks=data.get("sequence_marks", "compare"),
         )
 
 

@@ -20,7 +20,14 @@ import asyncpg
 from ..errors import ResetError
 from ..naming import DatabaseTag, quote_literal
 from . import sql
-from .check import Backend, Changes, Watch, check
+from .check import (
+    WAL_BYTES_PER_SEQUENCE,
+    WAL_MIN_SEQUENCES,
+    Backend,
+    Changes,
+    Watch,
+    check,
+)
 from .layout import Layout
 from .restore import RestoreStats, restore, settings_statements
 
@@ -56,6 +63,8 @@ class ResetOutcome:
     stats: RestoreStats | None = None
     prepared: tuple[str, ...] = ()
     databases: tuple[str, ...] = ()
+    from_wal: bool = field(default=False, compare=False)
+    """How, not what: the sequences compared were those the WAL named (not every one)."""
 
     @property
     def schema_changed(self) -> bool:
@@ -108,7 +117,12 @@ async def open_resetter(
     except BaseException:
         await conn.close()
         raise
-    return Resetter(conn, database, known, Watch.of(known.layout), leak_grace, watch_databases)
+    wal_from = None
+    if fresh and known.layout.wal_marks:  # any change to the clone's sequences comes later
+        wal_from = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+    return Resetter(
+        conn, database, known, Watch.of(known.layout), leak_grace, watch_databases, wal_from
+    )
 
 
 async def _refuse_foreign(conn: asyncpg.Connection, database: str) -> None:
@@ -160,11 +174,33 @@ class Resetter:
     watch: Watch
     leak_grace: float = LEAK_GRACE
     watch_databases: bool = False
+    wal_from: int | None = None
+    """With WAL marks: the WAL before this point was read by the last complete reset (or
+    predates a fresh clone). None: the next check compares every sequence."""
+    wal_bytes_per_sequence: int = WAL_BYTES_PER_SEQUENCE
+    wal_min_sequences: int = WAL_MIN_SEQUENCES
     _truncate_all: str | None = field(default=None, init=False)
 
     @property
     def layout(self) -> Layout:
         return self.known.layout
+
+    @property
+    def uses_wal(self) -> bool:
+        """The check after a test reads moved sequences from the WAL (the one before a test
+        compares those of marked tables either way)."""
+        return self.layout.wal_marks and len(self.layout.sequences) >= self.wal_min_sequences
+
+    def describe(self) -> str:
+        """The change tracking this resetter relies on, for the end-of-run line."""
+        if not self.layout.superuser:
+            return "change tracking: statement triggers, catalog probe, every sequence compared"
+        sequences = "sequences from the WAL"
+        if not self.uses_wal:
+            sequences = "every sequence compared"
+            if self.layout.wal_marks:
+                sequences += f" (fewer than {self.wal_min_sequences}: cheaper than the WAL)"
+        return f"change tracking: statement triggers, event triggers, {sequences}"
 
     async def reset(self, strategy: str) -> ResetOutcome:
         """After a test: every sequence is compared, the marks say the rest."""
@@ -209,7 +245,11 @@ class Resetter:
                 "UPDATE pgtemplate.state SET value = pg_current_xact_id()::text"
                 " WHERE key = 'databases_seen'"
             )
-        return ResetOutcome(leaked, (), stats, prepared, changes.databases)
+        # Only now: a check whose finds were not restored (another connection was busy, and
+        # the check ran again) must not move the start past them; nor does a check without WAL.
+        if changes.wal_upto is not None:
+            self.wal_from = changes.wal_upto
+        return ResetOutcome(leaked, (), stats, prepared, changes.databases, changes.from_wal)
 
     async def _first_check(
         self, all_sequences: bool, alongside: Coroutine[Any, Any, None] | None
@@ -234,6 +274,9 @@ class Resetter:
             self.watch,
             all_sequences=all_sequences,
             watch_databases=self.watch_databases,
+            wal=all_sequences and self.uses_wal,
+            wal_from=self.wal_from,
+            wal_budget=self.wal_bytes_per_sequence * len(self.layout.sequences),
         )
 
     async def end_leaked_backends(self, grace: float | None = None) -> tuple[Backend, ...]:

@@ -14,9 +14,15 @@ template for free and never mixes with the application's objects. What it record
   own, since they change data, not the schema, when nothing else changed.
 - ``sequences``: every sequence as the template holds it. nextval() is not transactional and
   fires no trigger, so the check compares them (one function call each, no dependency on them).
+- for a superuser where ``pg_walinspect`` exists (PostgreSQL 15+), a mark that survives a
+  rollback: every change to a logged sequence writes WAL (the first nextval() after a setval()
+  does, and the template's and every restore's setval() leave each sequence so), so the
+  procedure ``pgtemplate.check`` flushes the WAL, reads what was written since the last reset
+  and compares only the sequences named there (``CREATE_WAL_MARKS``). When more WAL was
+  written than comparing every sequence would cost to read, it compares every sequence.
 
-One query (``check_query``) answers what changed, in one round trip; the restore itself is
-planned by the client.
+One query (``check_query``, or the procedure, which runs the same query) answers what changed,
+in one round trip; the restore itself is planned by the client.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ CREATE UNLOGGED TABLE pgtemplate.ddl (kind text NOT NULL, rel oid, what text NOT
 CREATE TABLE pgtemplate.tables (
   rel oid PRIMARY KEY, leaves oid[] NOT NULL, sequences oid[] NOT NULL);
 CREATE TABLE pgtemplate.sequences (
-  rel oid PRIMARY KEY, seen bigint, options text NOT NULL);
+  rel oid PRIMARY KEY, seen bigint, options text NOT NULL, logged boolean NOT NULL,
+  last_value bigint NOT NULL);  -- seen is NULL while is_called is false: last_value tells
 CREATE TABLE pgtemplate.state (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE pgtemplate.large_objects (loid oid PRIMARY KEY, owner oid NOT NULL, data bytea);
 GRANT USAGE ON SCHEMA pgtemplate TO PUBLIC;
@@ -122,13 +129,15 @@ def mark_trigger(table: str) -> str:
 
 # kind: busy (pid, what it does), prepared (gid), schema (what DDL), table (rel, bytes of the
 # tables it covers), sequence (rel), refresh (rel), large_objects, settings, database (name).
-# {all}: compare every sequence (after a test), else those of marked tables; {databases}: report
-# databases that appeared on the server. One plain query, prepared once per connection: no
+# {every_sequence} / {marked_sequences}: which sequences are compared (every one after a test,
+# those of marked tables before one; or, in the procedure, those the WAL names); {databases}:
+# report databases that appeared on the server. One plain query, prepared once per connection: no
 # function call (each costs a plan) on the path where nothing changed. The two switches are
 # literals, not parameters: a statement with parameters gets a custom plan at every execution
 # when the planner prices the generic one higher, as it did here (about 1 ms of planning per
 # check: benchmarks/check_cost.py); one without any is planned once, its dead branches folded
-# away.
+# away. The CASE keeps the order: the planner sorts a WHERE's conditions by their cost, and ran
+# the (cheap) sequence read before a parameterised condition, so it read every sequence.
 _CHECK = r"""
 WITH me AS (SELECT oid AS db FROM pg_database WHERE datname = current_database()),
 state AS (
@@ -163,11 +172,13 @@ WHERE d.kind = 'sequence' AND pgtemplate.sequence_options(d.rel) IS DISTINCT FRO
 UNION ALL SELECT 'table', m.rel, (SELECT sum(pg_relation_size(l))::text FROM unnest(t.leaves) l)
 FROM marked m LEFT JOIN pgtemplate.tables t ON t.rel = m.rel
 UNION ALL SELECT 'sequence', s.rel, NULL FROM pgtemplate.sequences s
-WHERE {all} AND pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen
+WHERE CASE WHEN {every_sequence}
+      THEN pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen ELSE false END
 UNION ALL SELECT DISTINCT 'sequence', s.rel, NULL::text
 FROM marked m JOIN pgtemplate.tables t ON t.rel = m.rel
 JOIN pgtemplate.sequences s ON s.rel = ANY (t.sequences)
-WHERE NOT {all} AND pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen
+WHERE CASE WHEN {marked_sequences}
+      THEN pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen ELSE false END
 UNION ALL SELECT d.kind, d.rel, NULL FROM pgtemplate.ddl d WHERE d.kind IN ('sequence', 'refresh')
 UNION ALL SELECT 'large_objects', NULL, NULL FROM state
 WHERE (SELECT count(*) FROM pg_largeobject_metadata)
@@ -189,10 +200,95 @@ _LARGE_OBJECT_DATA = (
 )
 
 
-@functools.cache
-def check_query(superuser: bool, *, all_sequences: bool, databases: bool) -> str:
+def _render(superuser: bool, every_sequence: str, marked_sequences: str, databases: str) -> str:
     return (
         _CHECK.replace("{large_object_data}", _LARGE_OBJECT_DATA if superuser else "")
-        .replace("{all}", "true" if all_sequences else "false")
-        .replace("{databases}", "true" if databases else "false")
+        .replace("{every_sequence}", every_sequence)
+        .replace("{marked_sequences}", marked_sequences)
+        .replace("{databases}", databases)
     )
+
+
+@functools.cache
+def check_query(superuser: bool, *, all_sequences: bool, databases: bool) -> str:
+    every = "true" if all_sequences else "false"
+    return _render(superuser, every, "NOT " + every, "true" if databases else "false")
+
+
+CALL_CHECK = "CALL pgtemplate.check($1, $2, $3)"
+"""Returns one row: ``kinds``, ``rels``, ``details`` (the query's rows as arrays), ``upto`` (the
+WAL read up to: the next check's start) and ``wal`` (false: every sequence was compared)."""
+
+
+def create_wal_marks(walinspect_schema: str) -> str:
+    """The procedure behind ``CALL_CHECK``: a flush, then the check, in one round trip.
+
+    A procedure, because only a COMMIT flushes the WAL (pg_walinspect reads flushed WAL only),
+    and the rolled-back transaction of a failed INSERT never flushes its own nextval(). A
+    transaction that holds an xid and wrote WAL waits for the flush at commit when
+    ``synchronous_commit`` is on, whatever the session's setting. The sequences compared: those
+    the WAL names, those of marked tables (TRUNCATE ... RESTART IDENTITY gives a sequence a new
+    file, which ``wal_level = minimal`` does not log), and the unlogged ones (never logged).
+    """
+    check = _render(
+        True,
+        "(v_moved IS NULL OR s.rel = ANY (v_moved) OR NOT s.logged)",
+        "v_moved IS NOT NULL",
+        "p_databases",
+    )
+    return rf"""
+CREATE SEQUENCE pgtemplate.flush;
+CREATE PROCEDURE pgtemplate.check(
+  p_from pg_lsn, p_budget bigint, p_databases boolean,
+  INOUT kinds text[] DEFAULT NULL, INOUT rels oid[] DEFAULT NULL,
+  INOUT details text[] DEFAULT NULL, INOUT upto pg_lsn DEFAULT NULL,
+  INOUT wal boolean DEFAULT NULL)
+LANGUAGE plpgsql AS $check$
+DECLARE
+  v_moved oid[];
+  v_db oid;
+  v_space oid;
+  v_seq oid;
+  v_last bigint;
+  v_now bigint;
+BEGIN
+  PERFORM set_config('synchronous_commit', 'on', true);
+  PERFORM pg_current_xact_id(), setval('pgtemplate.flush', 1);
+  COMMIT;
+  upto := pg_current_wal_flush_lsn();
+  IF p_from IS NOT NULL AND upto > p_from AND upto - p_from <= p_budget THEN
+    SELECT d.oid, d.dattablespace INTO v_db, v_space
+    FROM pg_database d WHERE d.datname = current_database();
+    BEGIN
+      v_moved := ARRAY(
+        SELECT DISTINCT r.oid FROM (
+          SELECT pg_filenode_relation(
+                   CASE WHEN m[1]::oid = v_space THEN 0 ELSE m[1]::oid END, m[2]::oid)::oid AS oid
+          FROM (SELECT regexp_match(w.description, '^rel (\d+)/' || v_db || '/(\d+)') AS m
+                FROM {walinspect_schema}.pg_get_wal_records_info(p_from, upto) w
+                WHERE w.resource_manager = 'Sequence') f
+          WHERE m IS NOT NULL) r
+        WHERE r.oid IS NOT NULL);
+    EXCEPTION WHEN OTHERS THEN  -- the WAL is gone (a checkpoint recycled it): compare them all
+      v_moved := NULL;
+    END;
+  END IF;
+  wal := v_moved IS NOT NULL;
+  SELECT array_agg(c.kind), array_agg(c.rel), array_agg(c.detail) INTO kinds, rels, details
+  FROM ({check}) c;
+  -- pg_sequence_last_value() is NULL while is_called is false, whatever the value: a setval(s,
+  -- v, false) on a sequence never called in the template looks like no move. Those the WAL
+  -- names (rarely any) are read themselves.
+  FOR v_seq, v_last IN
+    SELECT s.rel, s.last_value FROM pgtemplate.sequences s
+    WHERE s.rel = ANY (v_moved) AND s.seen IS NULL AND pg_sequence_last_value(s.rel) IS NULL
+  LOOP
+    EXECUTE format('SELECT last_value FROM %s', v_seq::regclass) INTO v_now;
+    IF v_now IS DISTINCT FROM v_last THEN
+      kinds := kinds || 'sequence'::text;
+      rels := rels || v_seq;
+      details := details || NULL::text;
+    END IF;
+  END LOOP;
+END $check$;
+"""

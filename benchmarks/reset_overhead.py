@@ -6,7 +6,8 @@ before + reset("restore"); rollback: the check before + the body in an outer tra
 back, + reset("rollback"); restore right after a reset: the body + reset("restore"), what a test
 pays when it directly follows another's reset), minus the same round's body on an untracked clone
 (the floor). "No superuser": the template built by a CREATEDB role (a catalog probe for the event
-triggers).
+triggers). "Every sequence compared": the superuser's tracking with its WAL marks unused, as on
+PostgreSQL 14 or without pg_walinspect.
 
     python benchmarks/reset_overhead.py [--tables 10 50 200 1000] [--rounds N] [--url URL] [--quick]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import secrets
@@ -33,7 +35,7 @@ from pytest_pgtemplate.claim import LIVENESS_CLASS, lock_key
 from pytest_pgtemplate.databases import CloneOptions, clone, clone_options, drop, mark_finished
 from pytest_pgtemplate.naming import DatabaseTag
 from pytest_pgtemplate.reset.install import install
-from pytest_pgtemplate.reset.resetter import ResetOutcome, Resetter, open_resetter
+from pytest_pgtemplate.reset.resetter import Known, ResetOutcome, Resetter, open_resetter
 from pytest_pgtemplate.server.admin import describe
 from pytest_pgtemplate.server.own import stop
 from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
@@ -44,11 +46,19 @@ MARKER = DatabaseTag("worker", project="pgtemplate_bench")
 WARM_UP = 5  # rounds: a new connection re-plans its first executions
 TIMEOUT = 30.0
 CHECK, HOT = "check alone", "check alone, hot"  # hot: right after another call
+COMPARED = "restore, every sequence compared"
+FROM_WAL = "restore, sequences from the WAL"
 # Column -> (strategy, superuser); "floor" runs the bare body on the untracked template's clone.
 COLUMNS = {
     "floor": ("floor", True),
     "restore": ("restore", True),
     "restore, right after a reset": ("direct", True),  # nothing ran since: no check before
+    # The same tracking, its WAL marks unused: every sequence compared after a test (PostgreSQL
+    # 14, or no pg_walinspect), what "restore" was before them.
+    COMPARED: ("restore", True),
+    # The WAL read after every test, whatever the number of sequences (WAL_MIN_SEQUENCES: the
+    # plugin reads it from 250 on, where it pays).
+    FROM_WAL: ("restore", True),
     "rollback": ("rollback", True),
     "restore, no superuser": ("restore", False),
     "rollback, no superuser": ("rollback", False),
@@ -189,6 +199,15 @@ async def worker(server: Server, template: str, column: str) -> Worker:
     each = Worker(strategy, await server.connect(name, superuser))
     if strategy != "floor":
         each.resetter = await open_resetter(server.dsn(name, superuser), name, TIMEOUT)
+        server.connections.append(each.resetter.conn)
+    if column == FROM_WAL and each.resetter is not None:
+        each.resetter.wal_min_sequences = 0
+    if column == COMPARED and each.resetter is not None:
+        known = each.resetter.known
+        layout = dataclasses.replace(known.layout, sequence_marks="compare")
+        each.resetter = await open_resetter(
+            server.dsn(name, superuser), name, TIMEOUT, Known(layout, known.settings)
+        )
         server.connections.append(each.resetter.conn)
     return each
 

@@ -16,7 +16,17 @@ from sqlalchemy.engine import make_url
 
 Samples = dict[tuple[int, str, str], list[float]]  # (tables, case, column) -> ms (setup: s)
 DIRECT = "restore, right after a reset"
-RESETS = ("restore", DIRECT, "rollback", "restore, no superuser", "rollback, no superuser")
+COMPARED = "restore, every sequence compared"
+FROM_WAL = "restore, sequences from the WAL"
+RESETS = (
+    "restore",
+    DIRECT,
+    COMPARED,
+    FROM_WAL,
+    "rollback",
+    "restore, no superuser",
+    "rollback, no superuser",
+)
 CHECKS = ("check alone", "check alone, hot")
 MODES = {"superuser": "restore", "no superuser": "restore, no superuser"}
 

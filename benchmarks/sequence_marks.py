@@ -1,0 +1,179 @@
+"""The check after a test with and without WAL marks, on a quiet server (issue 16's sequences).
+
+    python benchmarks/sequence_marks.py [--tables 100 250 1000] [--rounds N] [--url URL]
+
+``reset_overhead.py`` interleaves about forty backends, every size and column at once; their
+caches evict each other's, which buries a difference of a millisecond under the cost of a cold
+backend. Here each size runs alone with three clones, as a worker of a suite would see it: the
+floor (an untracked template's clone, the bare body), the tracked clone whose check after a test
+reads moved sequences from the WAL (whatever the number of sequences: the plugin does so from
+WAL_MIN_SEQUENCES on), and the same tracking comparing every sequence. A figure is the check
+before + the body + reset("restore"), minus the same round's floor, ms, min / median / max.
+
+Without --url the plugin's own server runs it. Databases are ``pgtemplate_bench_*``, dropped at
+the end. The report is printed and written to SEQUENCE_MARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from pytest_pgtemplate.databases import clone_options
+from pytest_pgtemplate.reset.check import WAL_MIN_SEQUENCES
+from pytest_pgtemplate.reset.resetter import Known, Resetter, open_resetter
+from pytest_pgtemplate.server.admin import describe
+from pytest_pgtemplate.server.own import stop
+from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
+from reset_overhead import (
+    TIMEOUT,
+    WARM_UP,
+    Server,
+    build_template,
+    cases,
+    checked,
+    clean_up,
+    clone_worker,
+)
+
+MODES = ("floor", "from the WAL", "every sequence compared")
+CASES = ("nothing changed", "3 tables", "rolled-back insert", "bare nextval()")
+Samples = dict[tuple[int, str, str], list[float]]
+
+
+async def clones(
+    server: Server, tables: int
+) -> dict[str, tuple[asyncpg.Connection, Resetter | None]]:
+    print(f"building the {tables}-table templates and clones", file=sys.stderr, flush=True)
+    tracked = await build_template(server, tables, "superuser")
+    plain = await build_template(server, tables, "plain")
+    found: dict[str, tuple[asyncpg.Connection, Resetter | None]] = {}
+    for mode in MODES:
+        name = await clone_worker(server, plain if mode == "floor" else tracked, True)
+        resetter = None
+        if mode != "floor":
+            resetter = await open_resetter(server.dsn(name), name, TIMEOUT)
+            if mode == "every sequence compared":
+                known = resetter.known
+                layout = dataclasses.replace(known.layout, sequence_marks="compare")
+                await resetter.close()
+                resetter = await open_resetter(
+                    server.dsn(name), name, TIMEOUT, Known(layout, known.settings)
+                )
+            resetter.wal_min_sequences = 0
+            server.connections.append(resetter.conn)
+        found[mode] = (await server.connect(name, True), resetter)
+    return found
+
+
+async def measure(server: Server, tables: int, rounds: int, samples: Samples) -> None:
+    workers = await clones(server, tables)
+    if not workers["from the WAL"][1] or not workers["from the WAL"][1].uses_wal:
+        raise SystemExit("the server has no pg_walinspect: there are no WAL marks to measure")
+    bodies = cases(tables)
+    rng = random.Random(tables)
+    for number in range(WARM_UP + rounds):
+        for case in CASES:
+            order = list(MODES)
+            rng.shuffle(order)
+            for mode in order:
+                test, resetter = workers[mode]
+                started = time.perf_counter()
+                if resetter is not None:
+                    checked(await resetter.ensure_pristine(), before=True)
+                await test.execute(";".join(bodies[case]))
+                if resetter is not None:
+                    checked(await resetter.reset("restore"), before=False)
+                if number >= WARM_UP:
+                    elapsed = (time.perf_counter() - started) * 1000
+                    samples.setdefault((tables, case, mode), []).append(elapsed)
+
+
+async def bench(url: str, tables: list[int], rounds: int, own: bool) -> Samples:
+    admin = await asyncpg.connect(url, timeout=TIMEOUT)
+    info = await describe(admin, make_url(url), started=own)
+    server = Server(
+        url, admin, await asyncpg.connect(url, timeout=TIMEOUT), clone_options(info, durable=False)
+    )
+    samples: Samples = {}
+    try:
+        for size in tables:  # one size at a time: the point is a server that is not crowded
+            await measure(server, size, rounds, samples)
+        return samples
+    finally:
+        admin.terminate()
+        await clean_up(server)
+
+
+def _cell(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
+def report(samples: Samples, tables: list[int], rounds: int, url: str) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        "# The check after a test with and without WAL marks (issue 16)",
+        "",
+        "- Command: `python benchmarks/sequence_marks.py`",
+        f"- Date: {datetime.now(UTC).isoformat(timespec='seconds')}; git commit {commit}",
+        f"- Server: {url.rsplit('@', 1)[-1]}; load at the end {load}",
+        f"- {rounds} rounds after {WARM_UP} warm-up rounds; one size at a time, three clones",
+        f"- The plugin reads the WAL from {WAL_MIN_SEQUENCES} sequences on (one per table here)",
+        "",
+        "ms over the floor (the check before + body + reset('restore'), minus the same round's",
+        "bare body on an untracked clone), min / median / max:",
+        "",
+        "| case | tables | floor ms | from the WAL | every sequence compared | median saved |",
+        "|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        for size in tables:
+            floor = samples[(size, case, "floor")]
+            over = {
+                mode: [a - b for a, b in zip(samples[(size, case, mode)], floor, strict=True)]
+                for mode in MODES[1:]
+            }
+            wal, every = over["from the WAL"], over["every sequence compared"]
+            saved = statistics.median(every) - statistics.median(wal)
+            lines.append(
+                f"| {case} | {size} | {statistics.median(floor):.2f} | {_cell(wal)} | "
+                f"{_cell(every)} | {saved:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="WAL marks against comparing every sequence.")
+    parser.add_argument("--tables", type=int, nargs="+", default=[100, 250, 1000])
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--url", help="admin URL; default: the plugin's own server")
+    args = parser.parse_args()
+    own = None if args.url else start_now(LocalServerRequest(os.getpid(), None, None, False))
+    try:
+        url: str = own.url if own else args.url
+        samples = asyncio.run(bench(url, args.tables, args.rounds, own is not None))
+    finally:
+        if own is not None:
+            stop(own)
+    text = report(samples, args.tables, args.rounds, url)
+    print(text)
+    Path(__file__).with_name("SEQUENCE_MARKS.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,12 +15,12 @@ from .sql import CALL_CHECK, check_query
 _DDL = "SELECT what FROM pgtemplate.ddl WHERE kind = 'schema'"
 WAL_MIN_SEQUENCES = 250
 """From how many sequences the check after a test reads the WAL instead of comparing them all:
-the procedure's flush, commit and WAL read cost about 0.2-0.3 ms more than the plain query, and
-comparing every sequence costs about 0.9 us each (``benchmarks/check_cost.py``; at 200 tables
-the procedure was the dearer, at 1000 the cheaper by half a millisecond)."""
+the procedure's flush, commit and WAL read cost a few tenths of a millisecond more than the plain
+query, comparing a sequence 1-2 us (``benchmarks/check_cost.py``). Per test, the WAL cost 0.2-0.4
+ms more at 100 tables, the same at 250, 2 ms less at 1000 (``benchmarks/sequence_marks.py``)."""
 WAL_BYTES_PER_SEQUENCE = 128
 """How much WAL the check reads, per sequence, before comparing every sequence is cheaper:
-pg_walinspect decodes about 85 bytes a microsecond and a sequence compares in about 1.4 on the
+pg_walinspect reads about 100 bytes a microsecond and a sequence compares in about 1.3 on the
 machines CI runs on (``benchmarks/check_cost.py``): reading costs at most what comparing would."""
 
 

@@ -226,7 +226,8 @@ def create_wal_marks(walinspect_schema: str) -> str:
     A procedure, because only a COMMIT flushes the WAL (pg_walinspect reads flushed WAL only),
     and the rolled-back transaction of a failed INSERT never flushes its own nextval(). A
     transaction that holds an xid and wrote WAL waits for the flush at commit when
-    ``synchronous_commit`` is on, whatever the session's setting. The sequences compared: those
+    ``synchronous_commit`` is ``local`` (not ``on``, which would also wait for a synchronous
+    standby), whatever the session's setting. The sequences compared: those
     the WAL names, those of marked tables (TRUNCATE ... RESTART IDENTITY gives a sequence a new
     file, which ``wal_level = minimal`` does not log), and the unlogged ones (never logged).
     """
@@ -252,7 +253,7 @@ DECLARE
   v_last bigint;
   v_now bigint;
 BEGIN
-  PERFORM set_config('synchronous_commit', 'on', true);
+  PERFORM set_config('synchronous_commit', 'local', true);
   PERFORM pg_current_xact_id(), setval('pgtemplate.flush', 1);
   COMMIT;
   upto := pg_current_wal_flush_lsn();

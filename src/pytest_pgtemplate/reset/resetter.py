@@ -1,9 +1,10 @@
 """The plugin's own connection to one worker database, and a reset from start to end.
 
-A reset: one query (``sql.check_query``); if another connection is still inside a
-transaction, it gets a grace to finish (an active query and one idle in its transaction alike)
-and is ended after it; a prepared transaction left behind is rolled back; then the restore
-undoes what the marks name, in one transaction. When a test changed the schema nothing is
+A reset: one query (``sql.check_query``; after a test with WAL marks, the procedure behind
+``sql.CALL_CHECK`` runs it); if another connection is still inside a transaction, it gets a
+grace to finish (an active query and one idle in its transaction alike) and is ended after it;
+a prepared transaction left behind is rolled back; then the restore undoes what the marks name,
+in one transaction. When a test changed the schema nothing is
 restored: the caller replaces the database with a fresh clone.
 """
 
@@ -203,7 +204,8 @@ class Resetter:
         return f"change tracking: statement triggers, event triggers, {sequences}"
 
     async def reset(self, strategy: str) -> ResetOutcome:
-        """After a test: every sequence is compared, the marks say the rest."""
+        """After a test: every sequence is compared (with WAL marks, those the WAL names), the
+        marks say the rest."""
         if strategy == "truncate-all":
             return await self._truncate_everything()
         return await self._check_and_restore(all_sequences=True)

@@ -26,26 +26,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
-from pytest_pgtemplate.databases import clone_options
 from pytest_pgtemplate.reset import sql
 from pytest_pgtemplate.reset.check import WAL_BYTES_PER_SEQUENCE
 from pytest_pgtemplate.reset.resetter import open_resetter
-from pytest_pgtemplate.server.admin import describe
-from pytest_pgtemplate.server.own import stop
-from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
-from reset_overhead import TIMEOUT, WARM_UP, Server, build_template, clean_up, clone_worker
+from reset_overhead import (
+    TIMEOUT,
+    WARM_UP,
+    Server,
+    build_template,
+    clone_worker,
+    header,
+    on_server,
+    with_server,
+)
 
 # The check before b989dce: the same query, its switches as parameters (private names on
 # purpose: this form is kept here only to be measured against).
@@ -155,29 +156,14 @@ async def decode_rate(conn: asyncpg.Connection) -> str:
 
 
 async def bench(url: str, tables: list[int], rounds: int, own: bool) -> tuple[Samples, list[str]]:
-    admin = await asyncpg.connect(url, timeout=TIMEOUT)
-    info = await describe(admin, make_url(url), started=own)
-    server = Server(
-        url, admin, await asyncpg.connect(url, timeout=TIMEOUT), clone_options(info, durable=False)
-    )
-    try:
-        return await measure(server, tables, rounds)
-    finally:
-        admin.terminate()
-        await clean_up(server)
+    return await on_server(url, own, lambda server, _: measure(server, tables, rounds))
 
 
 def report(samples: Samples, plans: list[str], tables: list[int], rounds: int, url: str) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        "# What the check's parts cost, hot (issue 16)",
-        "",
-        "- Command: `python benchmarks/check_cost.py`",
-        f"- Date: {datetime.now(UTC).isoformat(timespec='seconds')}; git commit {commit}",
-        f"- Server: {url.rsplit('@', 1)[-1]}; load at the end {load}",
+        *header(
+            "What the check's parts cost, hot (issue 16)", "python benchmarks/check_cost.py", url
+        ),
         f"- {rounds} rounds after {WARM_UP} warm-up rounds, sizes and variants interleaved",
         "",
         "ms, min / median / max, each run right after the same statement (a backend awake):",
@@ -202,13 +188,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--url", help="admin URL; default: the plugin's own server")
     args = parser.parse_args()
-    own = None if args.url else start_now(LocalServerRequest(os.getpid(), None, None, False))
-    try:
-        url: str = own.url if own else args.url
-        samples, plans = asyncio.run(bench(url, args.tables, args.rounds, own is not None))
-    finally:
-        if own is not None:
-            stop(own)
+
+    def run(url: str, own: bool) -> tuple[Samples, list[str], str]:
+        return (*asyncio.run(bench(url, args.tables, args.rounds, own)), url)
+
+    samples, plans, url = with_server(args.url, run)
     text = report(samples, plans, args.tables, args.rounds, url)
     print(text)
     Path(__file__).with_name("CHECK_COST.md").write_text(text)

@@ -23,10 +23,14 @@ import dataclasses
 import os
 import random
 import secrets
+import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 from sqlalchemy.engine import make_url
@@ -36,7 +40,7 @@ from pytest_pgtemplate.databases import CloneOptions, clone, clone_options, drop
 from pytest_pgtemplate.naming import DatabaseTag
 from pytest_pgtemplate.reset.install import install
 from pytest_pgtemplate.reset.resetter import Known, ResetOutcome, Resetter, open_resetter
-from pytest_pgtemplate.server.admin import describe
+from pytest_pgtemplate.server.admin import ServerInfo, describe
 from pytest_pgtemplate.server.own import stop
 from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
 from reset_overhead_report import Meta, Samples, report
@@ -64,6 +68,7 @@ COLUMNS = {
     "rollback, no superuser": ("rollback", False),
 }
 Rng = random.Random
+T = TypeVar("T")
 OUTER = {"BEGIN": "SAVEPOINT t", "COMMIT": "RELEASE SAVEPOINT t", "ROLLBACK": "ROLLBACK TO t"}
 
 
@@ -311,18 +316,54 @@ async def clean_up(server: Server) -> None:
         server.claim.terminate()  # the liveness locks go last
 
 
-async def bench(url: str, tables: list[int], rounds: int, setups: int, own: bool) -> Meta:
+async def on_server(url: str, own: bool, work: Callable[[Server, ServerInfo], Awaitable[T]]) -> T:
+    """``work`` with the admin side connected; everything it made is dropped after, even on
+    failure (this module's, check_cost.py's and sequence_marks.py's runs alike)."""
     admin = await asyncpg.connect(url, timeout=TIMEOUT)
     info = await describe(admin, make_url(url), started=own)
     options = clone_options(info, durable=False)
     server = Server(url, admin, await asyncpg.connect(url, timeout=TIMEOUT), options)
-    meta = Meta.start(url, await admin.fetchval("SHOW server_version"), info.fsync, own)
     try:
-        meta.samples = await measure(server, tables, rounds, setups)
+        return await work(server, info)
     finally:
         admin.terminate()
         await clean_up(server)
-    return meta.finish()
+
+
+def with_server(url: str | None, work: Callable[[str, bool], T]) -> T:
+    """``work(url, own)`` on the server ``url`` names, or on the plugin's own, started here
+    and stopped after."""
+    own = None if url else start_now(LocalServerRequest(os.getpid(), None, None, False))
+    try:
+        return work(own.url if own else str(url), own is not None)
+    finally:
+        if own is not None:
+            stop(own)
+
+
+def header(title: str, command: str, url: str) -> list[str]:
+    """The first lines of a report: what ran, when, at which commit, where, under what load."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return [
+        f"# {title}",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {datetime.now(UTC).isoformat(timespec='seconds')}; git commit {commit}",
+        f"- Server: {url.rsplit('@', 1)[-1]}; load at the end {load}",
+    ]
+
+
+async def bench(url: str, tables: list[int], rounds: int, setups: int, own: bool) -> Meta:
+    async def work(server: Server, info: ServerInfo) -> Meta:
+        version = await server.admin.fetchval("SHOW server_version")
+        meta = Meta.start(url, version, info.fsync, own)
+        meta.samples = await measure(server, tables, rounds, setups)
+        return meta.finish()
+
+    return await on_server(url, own, work)
 
 
 def main() -> None:
@@ -334,13 +375,10 @@ def main() -> None:
     args = parser.parse_args()
     tables: list[int] = args.tables or ([10, 50] if args.quick else [10, 50, 200, 1000])
     rounds: int = args.rounds or (12 if args.quick else 100)
-    own = None if args.url else start_now(LocalServerRequest(os.getpid(), None, None, False))
-    try:
-        url: str = own.url if own else args.url
-        meta = asyncio.run(bench(url, tables, rounds, 2 if args.quick else 8, own is not None))
-    finally:
-        if own is not None:
-            stop(own)
+    setups = 2 if args.quick else 8
+    meta = with_server(
+        args.url, lambda url, own: asyncio.run(bench(url, tables, rounds, setups, own))
+    )
     text = report(meta, tables, rounds, list(cases(max(tables))))
     print(text)
     if not args.quick:  # a CI smoke run must not overwrite the recorded figures

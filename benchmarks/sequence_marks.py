@@ -19,24 +19,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
-from pytest_pgtemplate.databases import clone_options
 from pytest_pgtemplate.reset.check import WAL_MIN_SEQUENCES
 from pytest_pgtemplate.reset.resetter import Known, Resetter, open_resetter
-from pytest_pgtemplate.server.admin import describe
-from pytest_pgtemplate.server.own import stop
-from pytest_pgtemplate.server.per_run import LocalServerRequest, start_now
 from reset_overhead import (
     TIMEOUT,
     WARM_UP,
@@ -44,8 +36,10 @@ from reset_overhead import (
     build_template,
     cases,
     checked,
-    clean_up,
     clone_worker,
+    header,
+    on_server,
+    with_server,
 )
 
 MODES = ("floor", "from the WAL", "every sequence compared")
@@ -102,19 +96,13 @@ async def measure(server: Server, tables: int, rounds: int, samples: Samples) ->
 
 
 async def bench(url: str, tables: list[int], rounds: int, own: bool) -> Samples:
-    admin = await asyncpg.connect(url, timeout=TIMEOUT)
-    info = await describe(admin, make_url(url), started=own)
-    server = Server(
-        url, admin, await asyncpg.connect(url, timeout=TIMEOUT), clone_options(info, durable=False)
-    )
-    samples: Samples = {}
-    try:
+    async def work(server: Server, _: object) -> Samples:
+        samples: Samples = {}
         for size in tables:  # one size at a time: the point is a server that is not crowded
             await measure(server, size, rounds, samples)
         return samples
-    finally:
-        admin.terminate()
-        await clean_up(server)
+
+    return await on_server(url, own, work)
 
 
 def _cell(values: list[float]) -> str:
@@ -122,16 +110,12 @@ def _cell(values: list[float]) -> str:
 
 
 def report(samples: Samples, tables: list[int], rounds: int, url: str) -> str:
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
-        "# The check after a test with and without WAL marks (issue 16)",
-        "",
-        "- Command: `python benchmarks/sequence_marks.py`",
-        f"- Date: {datetime.now(UTC).isoformat(timespec='seconds')}; git commit {commit}",
-        f"- Server: {url.rsplit('@', 1)[-1]}; load at the end {load}",
+        *header(
+            "The check after a test with and without WAL marks (issue 16)",
+            "python benchmarks/sequence_marks.py",
+            url,
+        ),
         f"- {rounds} rounds after {WARM_UP} warm-up rounds; one size at a time, three clones",
         f"- The plugin reads the WAL from {WAL_MIN_SEQUENCES} sequences on (one per table here)",
         "",
@@ -163,13 +147,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--url", help="admin URL; default: the plugin's own server")
     args = parser.parse_args()
-    own = None if args.url else start_now(LocalServerRequest(os.getpid(), None, None, False))
-    try:
-        url: str = own.url if own else args.url
-        samples = asyncio.run(bench(url, args.tables, args.rounds, own is not None))
-    finally:
-        if own is not None:
-            stop(own)
+
+    def run(url: str, own: bool) -> tuple[Samples, str]:
+        return asyncio.run(bench(url, args.tables, args.rounds, own)), url
+
+    samples, url = with_server(args.url, run)
     text = report(samples, args.tables, args.rounds, url)
     print(text)
     Path(__file__).with_name("SEQUENCE_MARKS.md").write_text(text)

@@ -711,19 +711,26 @@ async def test_the_check_is_planned_once_per_connection(clean: World, databases:
     assert all(p["custom_plans"] == 0 and p["generic_plans"] >= 8 for p in plans), plans
 
 
-async def test_with_wal_marks_the_check_is_one_call_planned_generic(clean: World) -> None:
-    """The procedure's statements take parameters (the start, the sequences the WAL names):
-    the resetter's session plans them generic from the first execution."""
+async def test_with_wal_marks_the_check_after_a_test_is_one_call(clean: World) -> None:
+    """After a test, one CALL of one prepared statement per reset (the flush, the WAL read and
+    the check in one round trip); before a test, the plain query. The procedure's own
+    statements take parameters: the resetter's session plans them generic (its setting)."""
+    needs_wal_marks(clean)
+    before = await call_executions(clean.resetter)
     for _ in range(8):
         await clean.resetter.ensure_pristine()
         await clean.resetter.reset("restore")
+    assert await call_executions(clean.resetter) - before == 8
     assert await clean.resetter.conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
-    calls = await clean.resetter.conn.fetch(
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+
+
+async def call_executions(resetter: Resetter) -> int:
+    rows = await resetter.conn.fetch(
+        "SELECT generic_plans + custom_plans FROM pg_prepared_statements"
         " WHERE statement LIKE 'CALL pgtemplate.check%'"
     )
-    assert len(calls) == 1, calls
-    assert calls[0]["custom_plans"] == 0, calls
+    assert len(rows) <= 1, rows
+    return int(rows[0][0]) if rows else 0
 
 
 async def test_truncate_all_fires_on_truncate_triggers_as_the_classic_recipe() -> None:

@@ -554,6 +554,46 @@ async def test_with_wal_marks_a_sequence_the_wal_does_not_name_is_not_read(
         await conn.execute("RESET lock_timeout")
 
 
+async def _pg_index_scans(conn: asyncpg.Connection) -> int:
+    """Sequential scans of pg_index this database has seen, this connection's own flushed."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")  # at the end of this statement
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    # The function, not pg_stat_sys_tables: that view joins pg_index itself.
+    scans = await conn.fetchval("SELECT pg_stat_get_numscans('pg_catalog.pg_index'::regclass)")
+    return int(scans)
+
+
+async def test_with_wal_marks_pg_index_is_read_only_when_the_wal_shows_a_write_to_it(
+    clean: World, databases: Databases
+) -> None:
+    """CLUSTER marks an index (pg_index) and fires no event trigger. The check that reads the
+    WAL reads pg_index only after a write to it; the one that compares every sequence always."""
+    needs_wal_marks(clean)
+    conn = clean.resetter.conn
+    with wal_budget(clean.resetter, 10**9):
+        await clean.resetter.reset("restore")
+        before = await _pg_index_scans(conn)
+        await clean.test.execute("INSERT INTO app.country VALUES ('zz', 'Nowhere')")
+        outcome = await clean.resetter.reset("restore")
+        assert outcome.from_wal and outcome.stats is not None
+        assert await _pg_index_scans(conn) == before, "no write to pg_index: not read"
+    with wal_budget(clean.resetter, 0):  # every sequence compared: pg_index read too
+        await clean.resetter.reset("restore")
+        assert await _pg_index_scans(conn) > before
+    name = await databases.clone()
+    resetter = await open_resetter(databases.dsn(name), name, 10)
+    resetter.wal_min_sequences = 0
+    test = await asyncpg.connect(databases.dsn(name))
+    try:
+        with wal_budget(resetter, 10**9):
+            await test.execute("CLUSTER team USING team_pkey")
+            outcome = await resetter.reset("restore")
+            assert outcome.schema == ("CLUSTER (an index marked clustered)",)
+    finally:
+        await test.close()
+        await resetter.close()
+
+
 async def test_with_wal_marks_setval_is_called_false_on_a_sequence_never_called(
     clean: World,
 ) -> None:

@@ -44,9 +44,12 @@ WRITES_THEN_FINDS_A_RESET_DATABASE = """
     import pytest
     from sqlalchemy import text
 
+    CLUSTERED = text("SELECT count(*) FROM pg_index WHERE indisclustered")
+
     @pytest.mark.parametrize("n", range(6))
     async def test_writes_then_finds_a_reset_database(pg_server, pg_session, n):
         assert pg_server.started_by_plugin
+        assert await pg_session.scalar(CLUSTERED) == 0
         assert await pg_session.scalar(text("SELECT count(*) FROM category")) == 3  # the seed
         assert await pg_session.scalar(text("SELECT count(*) FROM customer")) == 0
         insert = text("INSERT INTO customer (email) VALUES (:e) RETURNING id")
@@ -58,6 +61,15 @@ WRITES_THEN_FINDS_A_RESET_DATABASE = """
         version = await pg_session.scalar(text("SHOW server_version"))
         with open(os.environ["SERVER_VERSION_LOG"], "a") as log:
             log.write(f"{customer_id} {version}\\n")
+
+    # CLUSTER fires no event trigger: found by the check (from the WAL where it reads the WAL),
+    # the database replaced. Four of them on two workers: some test follows one on its worker.
+    @pytest.mark.parametrize("n", range(4))
+    async def test_clusters_a_table_then_finds_none_clustered(pg_session, n):
+        assert await pg_session.scalar(CLUSTERED) == 0
+        await pg_session.execute(text("CLUSTER category USING category_pkey"))
+        await pg_session.commit()
+        assert await pg_session.scalar(CLUSTERED) == 1
 """
 
 
@@ -99,7 +111,7 @@ def test_own_server_runs_a_suite_on_the_systems_major(
 def run_the_suite(
     project: InnerProject, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, **ini: str
 ) -> str:
-    """Six tests on two workers; the major they ran on."""
+    """Ten tests on two workers; the major they ran on."""
     versions = project.path / "server_versions.log"
     monkeypatch.setenv("SERVER_VERSION_LOG", str(versions))
     project.write_ini(
@@ -111,7 +123,7 @@ def run_the_suite(
     project.write_tests(WRITES_THEN_FINDS_A_RESET_DATABASE)
     (project.path / "migrations/versions/0005_sequences.py").write_text(MANY_SEQUENCES)
     result = project.run("-n", "2")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=10)
     # "<customer id> <server_version>": "15.20" or "15.20 (Debian 15.20-0+deb12u1)"
     reported = [line.split()[:2] for line in versions.read_text().splitlines()]
     assert len(reported) == 6

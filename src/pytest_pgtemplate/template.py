@@ -37,7 +37,7 @@ from .server.connection import Server
 from .sweep import drop_quietly, surplus_templates
 from .urls import for_database, libpq
 
-TRACKING_VERSION = "2"
+TRACKING_VERSION = "3"
 """Part of every fingerprint: a template built with other (or no) change tracking is not reused."""
 
 

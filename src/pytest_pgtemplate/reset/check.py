@@ -143,10 +143,11 @@ def _parse(rows: Sequence[Mapping[str, Any]], layout: Layout) -> Changes:
     by_kind: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         by_kind.setdefault(row["kind"], []).append(row)
-    known = {t.oid for t in layout.tables}
     tables = tuple((r["rel"], int(r["detail"] or 0)) for r in by_kind.get("table", []))
     unknown = tuple(
-        f"a write to table oid {oid}, created since" for oid, _ in tables if oid not in known
+        f"a write to table oid {oid}, created since"
+        for oid, _ in tables
+        if not layout.knows_table(oid)
     )
     return Changes(
         busy=tuple(Backend(r["rel"], *_state(r["detail"])) for r in by_kind.get("busy", [])),

@@ -242,7 +242,10 @@ async def _wal_marks(conn: asyncpg.Connection, layout: Layout) -> bool:
             if schema is None:
                 await conn.execute("CREATE EXTENSION pg_walinspect SCHEMA pgtemplate")
                 schema = "pgtemplate"
-            await conn.execute(sql.create_wal_marks(schema))
+            unlogged = await conn.fetchval(
+                "SELECT coalesce(array_agg(rel), '{}') FROM pgtemplate.sequences WHERE NOT logged"
+            )
+            await conn.execute(sql.create_wal_marks(schema, unlogged))
     except asyncpg.PostgresError:
         return False
     # setval() leaves a sequence's log_cnt at 0, so that the next nextval() writes WAL; a

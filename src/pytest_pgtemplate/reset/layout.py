@@ -74,12 +74,29 @@ class Layout:
     sequence_marks: str = "compare"
     """``wal``: the procedure that reads moved sequences from the WAL is installed (superuser,
     pg_walinspect); ``compare``: the check after a test can only compare every sequence."""
-    _by_oid: dict[int, Table] = field(default_factory=dict, compare=False, repr=False)
+    _by_oid: dict[int, tuple[int, Table]] = field(default_factory=dict, compare=False, repr=False)
+    _sequences_by_oid: dict[int, Sequence] = field(default_factory=dict, compare=False, repr=False)
+    """Built on first use, so that a reset costs what it touched, not a pass over the schema."""
 
     def table(self, oid: int) -> Table:
+        return self._tables()[oid][1]
+
+    def knows_table(self, oid: int) -> bool:
+        return oid in self._tables()
+
+    def position(self, oid: int) -> int:
+        """Where the table is in ``tables`` (referenced tables first)."""
+        return self._tables()[oid][0]
+
+    def sequence(self, oid: int) -> Sequence | None:
+        if not self._sequences_by_oid:
+            self._sequences_by_oid.update((s.oid, s) for s in self.sequences)
+        return self._sequences_by_oid.get(oid)
+
+    def _tables(self) -> dict[int, tuple[int, Table]]:
         if not self._by_oid:
-            self._by_oid.update((t.oid, t) for t in self.tables)
-        return self._by_oid[oid]
+            self._by_oid.update((t.oid, (i, t)) for i, t in enumerate(self.tables))
+        return self._by_oid
 
     @property
     def wal_marks(self) -> bool:
@@ -88,6 +105,7 @@ class Layout:
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("_by_oid")
+        data.pop("_sequences_by_oid")
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod

@@ -11,7 +11,7 @@ and foreign keys are checked as the rows go back (deferrable ones at the commit)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -77,10 +77,13 @@ def plan(layout: Layout, changes: Changes, truncate_above: int = TRUNCATE_ABOVE_
     marked = dict(changes.tables)
     changed = {leaf for oid in marked for leaf in layout.table(oid).leaves}
     roots = [oid for oid, size in marked.items() if size > truncate_above or not layout.superuser]
-    referrers = {t.oid: t.referrers for t in layout.tables}
-    cut_all = closure(referrers, roots)
+    cut_all = closure(_Referrers(layout), roots)
     cut = frozenset(oid for oid in cut_all if layout.table(oid).kind == "r")
-    emptied = tuple(t for t in layout.tables if t.oid in changed | cut and t.kind == "r")
+    emptied = tuple(
+        layout.table(oid)
+        for oid in sorted(changed | cut, key=layout.position)
+        if layout.table(oid).kind == "r"
+    )
     names = tuple(sorted(layout.table(oid).name for oid in cut_all))
     return Plan(names, cut, emptied, frozenset(marked) | cut_all | changed)
 
@@ -107,10 +110,10 @@ def script(
     head += [f"TRUNCATE {', '.join(the_plan.truncate)}"] if the_plan.truncate else []
     head += [f"DELETE FROM ONLY {t.name}" for t in the_plan.emptied if t.oid not in the_plan.cut]
     head += [_refill(t) for t in the_plan.refill]
-    sequences = {s.oid: s for s in layout.sequences}
     head += [
         f"SELECT setval({s.oid}::regclass, {s.last_value}, {s.is_called})"
-        for s in (sequences[oid] for oid in changes.sequences if oid in sequences)
+        for s in map(layout.sequence, changes.sequences)
+        if s is not None
     ]
     head += [_refresh(layout, oid) for oid in changes.refreshed]
     head += [_LARGE_OBJECTS] if changes.large_objects else []
@@ -162,6 +165,24 @@ async def restore(
     return _stats(layout, changes, the_plan)
 
 
+class _Referrers(Mapping[int, Iterable[int]]):
+    """The tables referencing a table, looked up one by one (what ``closure`` reaches only)."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._layout = layout
+
+    def __getitem__(self, oid: int) -> Iterable[int]:
+        if not self._layout.knows_table(oid):
+            raise KeyError(oid)
+        return self._layout.table(oid).referrers
+
+    def __iter__(self) -> Iterator[int]:
+        return (t.oid for t in self._layout.tables)
+
+    def __len__(self) -> int:
+        return len(self._layout.tables)
+
+
 def _refill(table: Table) -> str:
     overriding = " OVERRIDING SYSTEM VALUE" if table.overriding else ""
     return (
@@ -187,12 +208,12 @@ async def _note_view_files(
 
 
 def _stats(layout: Layout, changes: Changes, the_plan: Plan) -> RestoreStats:
-    names = {s.oid: s.name for s in layout.sequences}
+    sequences = [s for s in map(layout.sequence, changes.sequences) if s is not None]
     return RestoreStats(
         tables_emptied=tuple(t.name for t in the_plan.emptied),
         truncated=tuple(t.name for t in the_plan.emptied if t.oid in the_plan.cut),
         tables_refilled=tuple(t.name for t in the_plan.refill),
-        sequences_reset=tuple(sorted(names[oid] for oid in changes.sequences if oid in names)),
+        sequences_reset=tuple(sorted(s.name for s in sequences)),
         refreshed=tuple(m.name for m in layout.matviews if m.oid in changes.refreshed),
         large_objects=changes.large_objects,
         settings=changes.settings,

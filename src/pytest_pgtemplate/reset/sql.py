@@ -28,6 +28,7 @@ in one round trip; the restore itself is planned by the client.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 SCHEMA = "pgtemplate"
 MARK_TRIGGER = "pgtemplate_mark"
@@ -129,7 +130,7 @@ def mark_trigger(table: str) -> str:
 
 # kind: busy (pid, what it does), prepared (gid), schema (what DDL), table (rel, bytes of the
 # tables it covers), sequence (rel), refresh (rel), large_objects, settings, database (name).
-# {every_sequence} / {marked_sequences}: which sequences are compared (every one after a test,
+# {sequences} / {marked_sequences}: which sequences are compared (every one after a test,
 # those of marked tables before one; or, in the procedure, those the WAL names); {databases}:
 # report databases that appeared on the server. One plain query, prepared once per connection: no
 # function call (each costs a plan) on the path where nothing changed. The two switches are
@@ -137,7 +138,10 @@ def mark_trigger(table: str) -> str:
 # when the planner prices the generic one higher, as it did here (about 1 ms of planning per
 # check: benchmarks/check_cost.py); one without any is planned once, its dead branches folded
 # away. The CASE keeps the order: the planner sorts a WHERE's conditions by their cost, and ran
-# the (cheap) sequence read before a parameterised condition, so it read every sequence.
+# the (cheap) sequence read before a parameterised condition, so it read every sequence. A
+# marked table's row, and each of its sequences, is found by its key (a scalar subquery, LATERAL
+# ones kept apart by OFFSET 0): joined, the planner hashed all of pgtemplate.tables and scanned
+# every sequence for a few marks (0.15 ms each at 1000 tables).
 _CHECK = r"""
 WITH me AS (SELECT oid AS db FROM pg_database WHERE datname = current_database()),
 state AS (
@@ -160,8 +164,10 @@ UNION ALL SELECT 'schema', NULL, 'CREATE, ALTER or DROP EVENT TRIGGER' FROM stat
 WHERE (SELECT coalesce(string_agg(evtname || ':' || evtenabled::text, ',' ORDER BY evtname), '')
        FROM pg_event_trigger) IS DISTINCT FROM state.event_triggers
 UNION ALL SELECT 'schema', NULL, 'CLUSTER (an index marked clustered)' FROM state
-WHERE (SELECT coalesce(string_agg(indexrelid::text, ',' ORDER BY indexrelid), '') FROM pg_index
-       WHERE indisclustered) IS DISTINCT FROM state.clustered
+WHERE CASE WHEN {index_written}
+      THEN (SELECT coalesce(string_agg(indexrelid::text, ',' ORDER BY indexrelid), '')
+            FROM pg_index WHERE indisclustered) IS DISTINCT FROM state.clustered
+      ELSE false END
 UNION ALL SELECT 'schema', NULL, 'ALTER or GRANT ON DATABASE (owner, ACL, connection limit)'
 FROM state, pg_database d
 WHERE d.datname = current_database() AND row(d.datdba, d.datconnlimit, d.datacl, d.datallowconn,
@@ -169,14 +175,14 @@ WHERE d.datname = current_database() AND row(d.datdba, d.datconnlimit, d.datacl,
 UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d
 JOIN pgtemplate.sequences s ON s.rel = d.rel
 WHERE d.kind = 'sequence' AND pgtemplate.sequence_options(d.rel) IS DISTINCT FROM s.options
-UNION ALL SELECT 'table', m.rel, (SELECT sum(pg_relation_size(l))::text FROM unnest(t.leaves) l)
-FROM marked m LEFT JOIN pgtemplate.tables t ON t.rel = m.rel
-UNION ALL SELECT 'sequence', s.rel, NULL FROM pgtemplate.sequences s
-WHERE CASE WHEN {every_sequence}
-      THEN pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen ELSE false END
+UNION ALL SELECT 'table', m.rel, (SELECT sum(pg_relation_size(l))::text
+                                  FROM pgtemplate.tables t, unnest(t.leaves) l WHERE t.rel = m.rel)
+FROM marked m
+{sequences}
 UNION ALL SELECT DISTINCT 'sequence', s.rel, NULL::text
-FROM marked m JOIN pgtemplate.tables t ON t.rel = m.rel
-JOIN pgtemplate.sequences s ON s.rel = ANY (t.sequences)
+FROM marked m,
+LATERAL (SELECT q FROM pgtemplate.tables t, unnest(t.sequences) q WHERE t.rel = m.rel OFFSET 0) x,
+LATERAL (SELECT s.rel, s.seen FROM pgtemplate.sequences s WHERE s.rel = x.q OFFSET 0) s
 WHERE CASE WHEN {marked_sequences}
       THEN pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen ELSE false END
 UNION ALL SELECT d.kind, d.rel, NULL FROM pgtemplate.ddl d WHERE d.kind IN ('sequence', 'refresh')
@@ -200,10 +206,35 @@ _LARGE_OBJECT_DATA = (
 )
 
 
-def _render(superuser: bool, every_sequence: str, marked_sequences: str, databases: str) -> str:
+_EVERY_SEQUENCE = """UNION ALL SELECT 'sequence', s.rel, NULL FROM pgtemplate.sequences s
+WHERE CASE WHEN {every_sequence}
+      THEN pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen ELSE false END"""
+# In the procedure: every sequence only when the WAL could not be read (the condition on the
+# variable alone is a one-time filter: nothing is scanned otherwise), else those the WAL names
+# (and the unlogged ones), found by key. OFFSET 0 keeps the sequence read out of the scan below
+# it: pushed down, it would run on every row before the join could drop one. ``unread``: a
+# sequence never called in the template that pg_sequence_last_value() cannot tell apart (NULL
+# while is_called is false, whatever the value); the procedure reads it itself.
+_WAL_SEQUENCES = """UNION ALL SELECT 'sequence', s.rel, NULL FROM pgtemplate.sequences s
+WHERE v_moved IS NULL AND pg_sequence_last_value(s.rel) IS DISTINCT FROM s.seen
+UNION ALL SELECT CASE WHEN n.now IS NULL AND n.seen IS NULL THEN 'unread' ELSE 'sequence' END,
+                 n.rel, CASE WHEN n.now IS NULL AND n.seen IS NULL THEN n.last_value::text END
+FROM (SELECT s.rel, s.seen, s.last_value, pg_sequence_last_value(s.rel) AS now
+      FROM unnest(v_moved) m JOIN pgtemplate.sequences s ON s.rel = m OFFSET 0) n
+WHERE n.now IS DISTINCT FROM n.seen OR n.seen IS NULL"""
+
+
+def _render(
+    superuser: bool,
+    sequences: str,
+    marked_sequences: str,
+    databases: str,
+    index_written: str = "true",
+) -> str:
     return (
         _CHECK.replace("{large_object_data}", _LARGE_OBJECT_DATA if superuser else "")
-        .replace("{every_sequence}", every_sequence)
+        .replace("{index_written}", index_written)
+        .replace("{sequences}", sequences)
         .replace("{marked_sequences}", marked_sequences)
         .replace("{databases}", databases)
     )
@@ -212,7 +243,8 @@ def _render(superuser: bool, every_sequence: str, marked_sequences: str, databas
 @functools.cache
 def check_query(superuser: bool, *, all_sequences: bool, databases: bool) -> str:
     every = "true" if all_sequences else "false"
-    return _render(superuser, every, "NOT " + every, "true" if databases else "false")
+    sequences = _EVERY_SEQUENCE.replace("{every_sequence}", every)
+    return _render(superuser, sequences, "NOT " + every, "true" if databases else "false")
 
 
 CALL_CHECK = "CALL pgtemplate.check($1, $2, $3)"
@@ -220,7 +252,7 @@ CALL_CHECK = "CALL pgtemplate.check($1, $2, $3)"
 WAL read up to: the next check's start) and ``wal`` (false: every sequence was compared)."""
 
 
-def create_wal_marks(walinspect_schema: str) -> str:
+def create_wal_marks(walinspect_schema: str, unlogged: Sequence[int] = ()) -> str:
     """The procedure behind ``CALL_CHECK``: a flush, then the check, in one round trip.
 
     A procedure, because only a COMMIT flushes the WAL (pg_walinspect reads flushed WAL only),
@@ -229,14 +261,14 @@ def create_wal_marks(walinspect_schema: str) -> str:
     ``synchronous_commit`` is ``local`` (not ``on``, which would also wait for a synchronous
     standby), whatever the session's setting. The sequences compared: those
     the WAL names, those of marked tables (TRUNCATE ... RESTART IDENTITY gives a sequence a new
-    file, which ``wal_level = minimal`` does not log), and the unlogged ones (never logged).
+    file, which ``wal_level = minimal`` does not log), and the ``unlogged`` ones (never logged).
+    The same pass over the WAL tells whether a row of ``pg_index`` was written (``CLUSTER``
+    marks an index and fires no event trigger): only then is ``pg_index`` read.
     """
     check = _render(
-        True,
-        "(v_moved IS NULL OR s.rel = ANY (v_moved) OR NOT s.logged)",
-        "v_moved IS NOT NULL",
-        "p_databases",
+        True, _WAL_SEQUENCES, "v_moved IS NOT NULL", "p_databases", "v_moved IS NULL OR v_index"
     )
+    unlogged_oids = "{" + ",".join(str(oid) for oid in sorted(unlogged)) + "}"
     return rf"""
 CREATE SEQUENCE pgtemplate.flush;
 CREATE PROCEDURE pgtemplate.check(
@@ -247,10 +279,14 @@ CREATE PROCEDURE pgtemplate.check(
 LANGUAGE plpgsql AS $check$
 DECLARE
   v_moved oid[];
+  v_index boolean;
   v_db oid;
   v_space oid;
-  v_seq oid;
-  v_last bigint;
+  v_index_ref text;
+  v_kinds text[];
+  v_rels oid[];
+  v_details text[];
+  v_i int;
   v_now bigint;
 BEGIN
   PERFORM set_config('synchronous_commit', 'local', true);
@@ -260,16 +296,22 @@ BEGIN
   IF p_from IS NOT NULL AND upto > p_from AND upto - p_from <= p_budget THEN
     SELECT d.oid, d.dattablespace INTO v_db, v_space
     FROM pg_database d WHERE d.datname = current_database();
+    v_index_ref := format('rel %s/%s/%s fork', v_space, v_db,
+                          pg_relation_filenode('pg_catalog.pg_index'));
     BEGIN
-      v_moved := ARRAY(
-        SELECT DISTINCT r.oid FROM (
-          SELECT pg_filenode_relation(
-                   CASE WHEN m[1]::oid = v_space THEN 0 ELSE m[1]::oid END, m[2]::oid)::oid AS oid
-          FROM (SELECT regexp_match(w.description, '^rel (\d+)/' || v_db || '/(\d+)') AS m
-                FROM {walinspect_schema}.pg_get_wal_records_info(p_from, upto) w
-                WHERE w.resource_manager = 'Sequence') f
-          WHERE m IS NOT NULL) r
-        WHERE r.oid IS NOT NULL);
+      SELECT coalesce(array_agg(DISTINCT r.oid) FILTER (WHERE r.oid IS NOT NULL), '{{}}'),
+             coalesce(bool_or(r.catalog_index), false)
+      INTO v_moved, v_index
+      FROM (
+        SELECT pg_filenode_relation(
+                 CASE WHEN m[1]::oid = v_space THEN 0 ELSE m[1]::oid END, m[2]::oid)::oid AS oid,
+               f.catalog_index
+        FROM (SELECT CASE WHEN w.resource_manager = 'Sequence' THEN
+                       regexp_match(w.description, '^rel (\d+)/' || v_db || '/(\d+)') END AS m,
+                     w.resource_manager IN ('Heap', 'Heap2')
+                       AND strpos(w.block_ref, v_index_ref) > 0 AS catalog_index
+              FROM {walinspect_schema}.pg_get_wal_records_info(p_from, upto) w) f) r;
+      v_moved := v_moved || '{unlogged_oids}'::oid[];
     EXCEPTION WHEN OTHERS THEN  -- the WAL is gone (a checkpoint recycled it): compare them all
       v_moved := NULL;
     END;
@@ -277,19 +319,22 @@ BEGIN
   wal := v_moved IS NOT NULL;
   SELECT array_agg(c.kind), array_agg(c.rel), array_agg(c.detail) INTO kinds, rels, details
   FROM ({check}) c;
-  -- pg_sequence_last_value() is NULL while is_called is false, whatever the value: a setval(s,
-  -- v, false) on a sequence never called in the template looks like no move. Those the WAL
-  -- names (rarely any) are read themselves.
-  FOR v_seq, v_last IN
-    SELECT s.rel, s.last_value FROM pgtemplate.sequences s
-    WHERE s.rel = ANY (v_moved) AND s.seen IS NULL AND pg_sequence_last_value(s.rel) IS NULL
-  LOOP
-    EXECUTE format('SELECT last_value FROM %s', v_seq::regclass) INTO v_now;
-    IF v_now IS DISTINCT FROM v_last THEN
-      kinds := kinds || 'sequence'::text;
-      rels := rels || v_seq;
-      details := details || NULL::text;
-    END IF;
-  END LOOP;
+  -- A setval(s, v, false) on a sequence never called in the template looks like no move to
+  -- pg_sequence_last_value(); those the WAL names (rarely any) are read themselves. A plain
+  -- expression, not a query, on the path where there are none.
+  IF 'unread' = ANY (kinds) THEN
+    v_kinds := kinds; v_rels := rels; v_details := details;
+    kinds := '{{}}'; rels := '{{}}'; details := '{{}}';
+    FOR v_i IN 1 .. array_length(v_kinds, 1) LOOP
+      IF v_kinds[v_i] = 'unread' THEN
+        EXECUTE format('SELECT last_value FROM %s', v_rels[v_i]::regclass) INTO v_now;
+        CONTINUE WHEN v_now = v_details[v_i]::bigint;
+        v_kinds[v_i] := 'sequence';
+      END IF;
+      kinds := kinds || v_kinds[v_i];
+      rels := rels || v_rels[v_i];
+      details := details || CASE WHEN v_kinds[v_i] = 'sequence' THEN NULL ELSE v_details[v_i] END;
+    END LOOP;
+  END IF;
 END $check$;
 """

@@ -52,6 +52,7 @@ from reset_overhead import (
 # purpose: this form is kept here only to be measured against).
 PARAMETERISED = (
     sql._CHECK.replace("{large_object_data}", sql._LARGE_OBJECT_DATA)
+    .replace("{index_written}", "true")
     .replace("{sequences}", sql._EVERY_SEQUENCE.replace("{every_sequence}", "$1"))
     .replace("{marked_sequences}", "NOT $1")
     .replace("{databases}", "$2")

@@ -1,14 +1,16 @@
 """The check after a test with and without WAL marks, on a quiet server (issue 16's sequences).
 
-    python benchmarks/sequence_marks.py [--tables 100 250 1000] [--rounds N] [--url URL]
+    python benchmarks/sequence_marks.py [--tables 10 100 200 250 1000] [--rounds N] [--url URL]
 
 ``reset_overhead.py`` interleaves about forty backends, every size and column at once; their
 caches evict each other's, which buries a difference of a millisecond under the cost of a cold
-backend. Here each size runs alone with three clones, as a worker of a suite would see it: the
+backend. Here each size runs alone with four clones, as a worker of a suite would see it: the
 floor (an untracked template's clone, the bare body), the tracked clone whose check after a test
 reads moved sequences from the WAL (whatever the number of sequences: the plugin does so from
-WAL_MIN_SEQUENCES on), and the same tracking comparing every sequence. A figure is the check
-before + the body + reset("restore"), minus the same round's floor, ms, min / median / max.
+WAL_MIN_SEQUENCES on), the same tracking comparing every sequence, and the plugin's own choice of
+the two. A figure is the check before + the body + reset("restore"), minus the same round's
+floor, ms, min / median / max; for the plugin's own choice, the body + reset("restore") only (a
+test right after another's reset starts without the check), with issue 16's targets.
 
 Without --url the plugin's own server runs it. Databases are ``pgtemplate_bench_*``, dropped at
 the end. The report is printed and written to SEQUENCE_MARKS.md.
@@ -42,7 +44,10 @@ from reset_overhead import (
     with_server,
 )
 
-MODES = ("floor", "from the WAL", "every sequence compared")
+PLUGIN = "as the plugin runs it, right after a reset"
+"""The plugin's own choice (the WAL from WAL_MIN_SEQUENCES on), no check before the test: what
+a test pays that directly follows another's reset, as most tests of a suite do."""
+MODES = ("floor", "from the WAL", "every sequence compared", PLUGIN)
 CASES = ("nothing changed", "3 tables", "rolled-back insert", "bare nextval()")
 Samples = dict[tuple[int, str, str], list[float]]
 
@@ -66,7 +71,8 @@ async def clones(
                 resetter = await open_resetter(
                     server.dsn(name), name, TIMEOUT, Known(layout, known.settings)
                 )
-            resetter.wal_min_sequences = 0
+            if mode != PLUGIN:
+                resetter.wal_min_sequences = 0
             server.connections.append(resetter.conn)
         found[mode] = (await server.connect(name, True), resetter)
     return found
@@ -85,7 +91,7 @@ async def measure(server: Server, tables: int, rounds: int, samples: Samples) ->
             for mode in order:
                 test, resetter = workers[mode]
                 started = time.perf_counter()
-                if resetter is not None:
+                if resetter is not None and mode != PLUGIN:
                     checked(await resetter.ensure_pristine(), before=True)
                 await test.execute(";".join(bodies[case]))
                 if resetter is not None:
@@ -113,17 +119,19 @@ def report(samples: Samples, tables: list[int], rounds: int, url: str) -> str:
     lines = [
         *header(
             "The check after a test with and without WAL marks (issue 16)",
-            "python benchmarks/sequence_marks.py",
+            " ".join(["python benchmarks/sequence_marks.py", *sys.argv[1:]]),
             url,
         ),
-        f"- {rounds} rounds after {WARM_UP} warm-up rounds; one size at a time, three clones",
+        f"- {rounds} rounds after {WARM_UP} warm-up rounds; one size at a time, four clones",
         f"- The plugin reads the WAL from {WAL_MIN_SEQUENCES} sequences on (one per table here)",
         "",
         "ms over the floor (the check before + body + reset('restore'), minus the same round's",
-        "bare body on an untracked clone), min / median / max:",
+        "bare body on an untracked clone), min / median / max; the last column: body +",
+        "reset('restore') with the plugin's own choice of the two, no check before:",
         "",
-        "| case | tables | floor ms | from the WAL | every sequence compared | median saved |",
-        "|---|---|---|---|---|---|",
+        "| case | tables | floor ms | from the WAL | every sequence compared | median saved "
+        f"| {PLUGIN} |",
+        "|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         for size in tables:
@@ -136,14 +144,48 @@ def report(samples: Samples, tables: list[int], rounds: int, url: str) -> str:
             saved = statistics.median(every) - statistics.median(wal)
             lines.append(
                 f"| {case} | {size} | {statistics.median(floor):.2f} | {_cell(wal)} | "
-                f"{_cell(every)} | {saved:.2f} |"
+                f"{_cell(every)} | {saved:.2f} | {_cell(over[PLUGIN])} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *_targets(samples, tables)]) + "\n"
+
+
+def _targets(samples: Samples, tables: list[int]) -> list[str]:
+    """Issue 16's per-test targets, medians of the plugin's own column (a test right after a
+    reset: the check before it is skipped, as in a suite)."""
+
+    def median(size: int, case: str) -> float:
+        floor = samples[(size, case, "floor")]
+        mine = samples[(size, case, PLUGIN)]
+        return statistics.median(a - b for a, b in zip(mine, floor, strict=True))
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**missed**"
+
+    nothing = {size: median(size, "nothing changed") for size in tables}
+    three = {size: median(size, "3 tables") for size in tables}
+    lines = [f"Targets ({PLUGIN}, medians):", ""]
+    figures = ", ".join(f"{size}: {value:.2f}" for size, value in nothing.items())
+    ok = all(value <= 0.5 for value in nothing.values())
+    lines.append(f"- nothing changed <= 0.5 ms at any size: {verdict(ok)} ({figures})")
+    for size, bound in ((200, 1.0), (1000, 1.5)):
+        if size in three:
+            lines.append(
+                f"- 3 tables at {size} tables <= {bound} ms: {verdict(three[size] <= bound)}"
+                f" ({three[size]:.2f})"
+            )
+    small, large = min(tables), max(tables)
+    if large >= 1000 and small <= 10:
+        ratio = three[large] / three[small] if three[small] > 0 else float("inf")
+        lines.append(
+            f"- 3 tables, {large} tables at most 1.5x {small}: {verdict(ratio <= 1.5)}"
+            f" ({ratio:.2f}x)"
+        )
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="WAL marks against comparing every sequence.")
-    parser.add_argument("--tables", type=int, nargs="+", default=[100, 250, 1000])
+    parser.add_argument("--tables", type=int, nargs="+", default=[10, 100, 200, 250, 1000])
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--url", help="admin URL; default: the plugin's own server")
     args = parser.parse_args()

@@ -74,9 +74,14 @@ class Layout:
     sequence_marks: str = "compare"
     """``wal``: the procedure that reads moved sequences from the WAL is installed (superuser,
     pg_walinspect); ``compare``: the check after a test can only compare every sequence."""
-    _by_oid: dict[int, tuple[int, Table]] = field(default_factory=dict, compare=False, repr=False)
-    _sequences_by_oid: dict[int, Sequence] = field(default_factory=dict, compare=False, repr=False)
-    """Built on first use, so that a reset costs what it touched, not a pass over the schema."""
+    _by_oid: dict[int, tuple[int, Table]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    _sequences_by_oid: dict[int, Sequence] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
+    """Built on first use, so that a reset costs what it touched, not a pass over the schema;
+    not init fields, so that ``dataclasses.replace`` starts them afresh."""
 
     def table(self, oid: int) -> Table:
         return self._tables()[oid][1]

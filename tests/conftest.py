@@ -26,7 +26,14 @@ from _harness import ENV_VAR, Owned, SuiteServer, drop_database, new_project_nam
 from pytest_pgtemplate.server.own import stop_data_dir
 from pytest_pgtemplate.urls import redacted
 
-__all__ = ["REPO", "SERVER_URL", "InnerProject", "drop_database", "plugin_databases"]
+__all__ = [
+    "REPO",
+    "SERVER_URL",
+    "InnerProject",
+    "drop_database",
+    "own_server",
+    "plugin_databases",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER_URL = os.environ.get(ENV_VAR, "")
@@ -120,6 +127,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     while _SUITE:
         _SUITE.pop().close()
+
+
+def own_server() -> bool:
+    """The tests run on a server this process started (nobody else writes to it)."""
+    return bool(_SUITE) and _SUITE[0].embedded is not None
 
 
 def pytest_report_header(config: pytest.Config) -> str:

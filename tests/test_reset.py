@@ -24,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from _harness import new_role_password, with_user
+from conftest import own_server
 from pytest_pgtemplate.claim import LIVENESS_CLASS, lock_key
 from pytest_pgtemplate.databases import drop
 from pytest_pgtemplate.errors import ResetError
@@ -552,6 +553,40 @@ async def test_with_wal_marks_a_sequence_the_wal_does_not_name_is_not_read(
     finally:
         await clean.test.execute("ROLLBACK")
         await conn.execute("RESET lock_timeout")
+
+
+async def test_with_wal_marks_an_unlogged_sequence_alone_is_found(clean: World) -> None:
+    """nextval() on an unlogged sequence writes no WAL at all: the check that finds nothing to
+    read (not a byte written since the last one) still compares the unlogged sequences."""
+    needs_wal_marks(clean)
+    with wal_budget(clean.resetter, 10**9):
+        await clean.resetter.reset("restore")
+        await clean.test.execute("SELECT nextval('unlogged_seq')")
+        outcome = await clean.resetter.reset("restore")
+    assert outcome.from_wal
+    assert outcome.stats is not None
+    assert outcome.stats.sequences_reset == ("public.unlogged_seq",)
+
+
+async def test_with_wal_marks_no_wal_written_means_nothing_flushed_or_read(clean: World) -> None:
+    """A check after one that left nothing to do, with no WAL written in between, neither
+    flushes nor reads: the WAL start stays where it was (a flush would move it)."""
+    needs_wal_marks(clean)
+    if not own_server():
+        pytest.skip("other projects write WAL on a shared server at any moment")
+    with wal_budget(clean.resetter, 10**9):
+        await clean.resetter.reset("restore")
+        start = clean.resetter.wal_from
+        changes = await clean.resetter._check(all_sequences=True)
+        assert changes.from_wal
+        assert changes.wal_upto == start
+        await clean.test.execute("SELECT nextval('untouched_seq')")  # WAL: read again
+        changes = await clean.resetter._check(all_sequences=True)
+        assert changes.wal_upto is not None
+        assert start is not None
+        assert changes.wal_upto > start
+        assert len(changes.sequences) == 1
+        await clean.resetter.reset("restore")
 
 
 async def _pg_index_scans(conn: asyncpg.Connection) -> int:

@@ -256,12 +256,14 @@ def create_wal_marks(walinspect_schema: str, unlogged: Sequence[int] = ()) -> st
     """The procedure behind ``CALL_CHECK``: a flush, then the check, in one round trip.
 
     A procedure, because only a COMMIT flushes the WAL (pg_walinspect reads flushed WAL only),
-    and the rolled-back transaction of a failed INSERT never flushes its own nextval(). A
-    transaction that holds an xid and wrote WAL waits for the flush at commit when
-    ``synchronous_commit`` is ``local`` (not ``on``, which would also wait for a synchronous
-    standby), whatever the session's setting. The sequences compared: those
-    the WAL names, those of marked tables (TRUNCATE ... RESTART IDENTITY gives a sequence a new
-    file, which ``wal_level = minimal`` does not log), and the ``unlogged`` ones (never logged).
+    and the rolled-back transaction of a failed INSERT never flushes its own nextval(); when not
+    a byte of WAL was written since the last check (a lone worker's test that wrote nothing),
+    there is nothing to flush or read. A transaction that holds an xid and wrote WAL waits for
+    the flush at commit when ``synchronous_commit`` is ``local`` (not ``on``, which would also
+    wait for a synchronous standby), whatever the session's setting. The sequences compared:
+    those the WAL names, those of marked tables (TRUNCATE ... RESTART IDENTITY gives a sequence
+    a new file, which ``wal_level = minimal`` does not log), and the ``unlogged`` ones (never
+    logged).
     The same pass over the WAL tells whether a row of ``pg_index`` was written (``CLUSTER``
     marks an index and fires no event trigger): only then is ``pg_index`` read.
     """
@@ -289,11 +291,19 @@ DECLARE
   v_i int;
   v_now bigint;
 BEGIN
-  PERFORM set_config('synchronous_commit', 'local', true);
-  PERFORM pg_current_xact_id(), setval('pgtemplate.flush', 1);
-  COMMIT;
-  upto := pg_current_wal_flush_lsn();
-  IF p_from IS NOT NULL AND upto > p_from AND upto - p_from <= p_budget THEN
+  -- Not a byte of WAL since the last check's flush (by anyone on the server): no logged
+  -- sequence moved and no row of pg_index changed, and there is nothing to flush or read.
+  IF p_from IS NOT NULL AND pg_current_wal_insert_lsn() = p_from THEN
+    upto := p_from;
+    v_moved := '{unlogged_oids}'::oid[];
+    v_index := false;
+  ELSE
+    PERFORM set_config('synchronous_commit', 'local', true);
+    PERFORM pg_current_xact_id(), setval('pgtemplate.flush', 1);
+    COMMIT;
+    upto := pg_current_wal_flush_lsn();
+  END IF;
+  IF v_moved IS NULL AND p_from IS NOT NULL AND upto > p_from AND upto - p_from <= p_budget THEN
     SELECT d.oid, d.dattablespace INTO v_db, v_space
     FROM pg_database d WHERE d.datname = current_database();
     v_index_ref := format('rel %s/%s/%s fork', v_space, v_db,

@@ -101,6 +101,52 @@ def test_connections_start_every_test_clean(project: InnerProject, reset: str) -
     project.run("-p", "no:xdist").assert_outcomes(passed=4)
 
 
+# An idle pooled connection still holding an advisory lock would block every other connection
+# that asks for it: the check after the test finds it, and the pool is cleaned at once (test 2
+# never checks that connection out, so only that clean can release it).
+ADVISORY_LOCK = """
+import asyncpg
+from sqlalchemy import text
+
+
+async def test_1_leaves_an_advisory_lock_on_a_pooled_connection(pg_engine):
+    async with pg_engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(4242)"))
+        await conn.commit()
+
+
+async def test_2_another_connection_gets_it(pg_database):
+    other = await asyncpg.connect(pg_database.libpq_url)
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock(4242)")
+    finally:
+        await other.close()
+
+
+def test_3_sync_leaves_one_too(pg_sync_engine):
+    with pg_sync_engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(4343)"))
+        conn.commit()
+
+
+async def test_4_another_connection_gets_that_one(pg_database):
+    other = await asyncpg.connect(pg_database.libpq_url)
+    try:
+        assert await other.fetchval("SELECT pg_try_advisory_lock(4343)")
+    finally:
+        await other.close()
+"""
+
+
+@pytest.mark.parametrize("reset", ["restore", "rollback"])
+def test_an_advisory_lock_left_on_a_pooled_connection_is_released_after_the_test(
+    project: InnerProject, reset: str
+) -> None:
+    project.add_ini(pgtemplate_reset=reset, **SESSION_LOOP)
+    project.write_tests(ADVISORY_LOCK)
+    project.run("-p", "no:xdist").assert_outcomes(passed=4)
+
+
 DANGLING = """
 import pytest
 from sqlalchemy import exc, text

@@ -32,13 +32,15 @@ from .migrators import Migrator, Verified
 from .naming import DatabaseTag, now_iso, template_name
 from .report import TemplateReady
 from .reset.install import install
+from .reset.sql import tracking_digest
 from .server.admin import DRIVER_ERRORS, driver_errors
 from .server.connection import Server
 from .sweep import drop_quietly, surplus_templates
 from .urls import for_database, libpq
 
-TRACKING_VERSION = "3"
-"""Part of every fingerprint: a template built with other (or no) change tracking is not reused."""
+TRACKING_VERSION = f"4:{tracking_digest()}"
+"""Part of every fingerprint: a template built with other (or no) change tracking is not reused.
+The number is for what the SQL does not show (what install() records); the digest covers the SQL."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ in one round trip; the restore itself is planned by the client.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 
 SCHEMA = "pgtemplate"
@@ -128,7 +129,8 @@ def mark_trigger(table: str) -> str:
     )
 
 
-# kind: busy (pid, what it does), prepared (gid), schema (what DDL), table (rel, bytes of the
+# kind: busy (pid, what it does), prepared (gid), advisory (the pid of another connection holding
+# an advisory lock on the database), schema (what DDL), table (rel, bytes of the
 # tables it covers), sequence (rel), refresh (rel), large_objects, settings, database (name).
 # {sequences} / {marked_sequences}: which sequences are compared (every one after a test,
 # those of marked tables before one; or, in the procedure, those the WAL names); {databases}:
@@ -159,6 +161,8 @@ WHERE a.datid = me.db AND a.pid <> pg_backend_pid() AND a.backend_type = 'client
   AND coalesce(a.state, 'idle') <> 'idle'
 UNION ALL SELECT 'prepared', NULL, p.gid FROM pg_prepared_xacts p
 WHERE p.database = current_database()
+UNION ALL SELECT DISTINCT 'advisory', l.pid::oid, NULL FROM pg_locks l, me
+WHERE l.locktype = 'advisory' AND l.database = me.db AND l.pid <> pg_backend_pid()
 UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d WHERE d.kind = 'schema'
 UNION ALL SELECT 'schema', NULL, 'CREATE, ALTER or DROP EVENT TRIGGER' FROM state
 WHERE (SELECT coalesce(string_agg(evtname || ':' || evtenabled::text, ',' ORDER BY evtname), '')
@@ -292,8 +296,9 @@ DECLARE
   v_now bigint;
 BEGIN
   -- Not a byte of WAL since the last check's flush (by anyone on the server): no logged
-  -- sequence moved and no row of pg_index changed, and there is nothing to flush or read.
-  IF p_from IS NOT NULL AND pg_current_wal_insert_lsn() = p_from THEN
+  -- sequence moved and no row of pg_index changed, and there is nothing to flush or read. A
+  -- budget of 0 asks for every sequence to be compared, whatever was written.
+  IF p_from IS NOT NULL AND p_budget > 0 AND pg_current_wal_insert_lsn() = p_from THEN
     upto := p_from;
     v_moved := '{unlogged_oids}'::oid[];
     v_index := false;
@@ -348,3 +353,17 @@ BEGIN
   END IF;
 END $check$;
 """
+
+
+def tracking_digest() -> str:
+    """A digest of every statement the tracking installs or runs: a template built with other
+    SQL (a procedure without a later fix, say) is never reused, even if no one remembered to
+    bump the version by hand."""
+    texts = [
+        CREATE_SCHEMA,
+        CREATE_EVENT_TRIGGERS,
+        mark_trigger("t"),
+        create_wal_marks("s", (1,)),
+        check_query(True, all_sequences=True, databases=True),
+    ]
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]

@@ -102,8 +102,8 @@ def test_connections_start_every_test_clean(project: InnerProject, reset: str) -
 
 
 # An idle pooled connection still holding an advisory lock would block every other connection
-# that asks for it: the check after the test finds it, and the pool is cleaned at once (test 2
-# never checks that connection out, so only that clean can release it).
+# that asks for it: the pools are cleaned at each test's end (test 2 never checks that
+# connection out, so only that clean can release it).
 ADVISORY_LOCK = """
 import asyncpg
 from sqlalchemy import text

@@ -555,25 +555,6 @@ async def test_with_wal_marks_a_sequence_the_wal_does_not_name_is_not_read(
         await conn.execute("RESET lock_timeout")
 
 
-@pytest.mark.parametrize("wal", [True, False], ids=["from the WAL", "every sequence compared"])
-async def test_an_advisory_lock_another_connection_holds_is_reported(
-    clean: World, wal: bool
-) -> None:
-    """The one kind of session state that reaches other connections: the worker cleans its
-    pooled connections when a reset reports one (the claim's locks, on another database, and
-    the resetter's own are not reported)."""
-    pid = await clean.test.fetchval("SELECT pg_backend_pid()")
-    with wal_budget(clean.resetter, 10**9 if wal else 0):
-        await clean.test.execute("SELECT pg_advisory_lock(77)")
-        await clean.resetter.conn.execute("SELECT pg_advisory_lock(78)")
-        try:
-            assert (await clean.resetter.reset("restore")).advisory == (pid,)
-        finally:
-            await clean.test.execute("SELECT pg_advisory_unlock_all()")
-            await clean.resetter.conn.execute("SELECT pg_advisory_unlock_all()")
-        assert (await clean.resetter.reset("restore")).advisory == ()
-
-
 async def test_with_wal_marks_an_unlogged_sequence_alone_is_found(clean: World) -> None:
     """nextval() on an unlogged sequence writes no WAL at all: the check that finds nothing to
     read (not a byte written since the last one) still compares the unlogged sequences."""

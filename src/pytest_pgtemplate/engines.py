@@ -123,8 +123,8 @@ class EnginePool:
                 _sync_side(entry.engine).dispose(close=False)
 
     def clean_idle(self, database: Database) -> None:
-        """The idle pooled connections lose their session state now (at a test's end, when one
-        holds an advisory lock, which would block the next test's other connections)."""
+        """At a test's end, the pooled connections it leaves lose their session state, so none
+        outlives it (an advisory lock would block the next test's other connections)."""
         entry = self._entries.get(database.sync_url if self.sync else database.url)
         if entry is None or isinstance(_sync_side(entry.engine).pool, NullPool):
             return

@@ -131,15 +131,8 @@ def pg_database(
     request.node.stash[USED_DATABASE] = pg_worker_database
     yield pg_worker_database
     with _user_errors():
-        # A pooled connection is cleaned when a test first checks it out; at a test's end only
-        # when one holds an advisory lock, which would block other connections meanwhile (the
-        # check after the test finds those; truncate-all and recreate run no check).
-        checked = strategy in ("restore", "rollback")
-        if not checked:
-            pg_worker_database.clean_connections()
+        pg_worker_database.clean_connections()
         after = pg_worker_database.reset(strategy)
-        if checked and after.advisory:
-            pg_worker_database.clean_connections()
     if strategy != "truncate-all":  # its seed rows come back at the check before the next test
         activity.mark(pg_worker_database)
     _warn_about(after, test, pg_worker_database)

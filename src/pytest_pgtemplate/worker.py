@@ -82,8 +82,8 @@ class WorkerDatabase:
         self._cleaners.append(cleaner)
 
     def clean_connections(self) -> None:
-        """Idle pooled connections lose their session state now, not at their next checkout
-        (an advisory lock held on one would block other connections until then)."""
+        """After a test: pooled connections lose its session state (an advisory lock held on
+        one would block the next test's other connections until the pool handed it out)."""
         for cleaner in self._cleaners:
             cleaner()
 

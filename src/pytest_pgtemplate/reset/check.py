@@ -57,8 +57,6 @@ class Changes:
 
     busy: tuple[Backend, ...] = ()
     prepared: tuple[str, ...] = ()
-    advisory: tuple[int, ...] = ()
-    """Other connections holding an advisory lock on the database (pids)."""
     schema: tuple[str, ...] = ()
     tables: tuple[tuple[int, int], ...] = ()  # (marked table, bytes of the tables it covers)
     sequences: tuple[int, ...] = ()
@@ -154,7 +152,6 @@ def _parse(rows: Sequence[Mapping[str, Any]], layout: Layout) -> Changes:
     return Changes(
         busy=tuple(Backend(r["rel"], *_state(r["detail"])) for r in by_kind.get("busy", [])),
         prepared=tuple(r["detail"] for r in by_kind.get("prepared", [])),
-        advisory=tuple(sorted({r["rel"] for r in by_kind.get("advisory", [])})),
         schema=tuple(r["detail"] for r in by_kind.get("schema", [])) + unknown,
         tables=tables,
         sequences=tuple(sorted({r["rel"] for r in by_kind.get("sequence", [])})),

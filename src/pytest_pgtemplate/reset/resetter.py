@@ -64,9 +64,6 @@ class ResetOutcome:
     stats: RestoreStats | None = None
     prepared: tuple[str, ...] = ()
     databases: tuple[str, ...] = ()
-    advisory: tuple[int, ...] = ()
-    """Other connections still holding an advisory lock on the database: the one kind of
-    session state that reaches other connections (pooled ones are to be cleaned now)."""
     from_wal: bool = field(default=False, compare=False)
     """How, not what: the sequences compared were those the WAL named (not every one)."""
 
@@ -254,9 +251,7 @@ class Resetter:
         # the check ran again) must not move the start past them; nor does a check without WAL.
         if changes.wal_upto is not None:
             self.wal_from = changes.wal_upto
-        return ResetOutcome(
-            leaked, (), stats, prepared, changes.databases, changes.advisory, changes.from_wal
-        )
+        return ResetOutcome(leaked, (), stats, prepared, changes.databases, changes.from_wal)
 
     async def _first_check(
         self, all_sequences: bool, alongside: Coroutine[Any, Any, None] | None

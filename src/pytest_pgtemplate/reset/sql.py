@@ -129,8 +129,7 @@ def mark_trigger(table: str) -> str:
     )
 
 
-# kind: busy (pid, what it does), prepared (gid), advisory (the pid of another connection holding
-# an advisory lock on the database), schema (what DDL), table (rel, bytes of the
+# kind: busy (pid, what it does), prepared (gid), schema (what DDL), table (rel, bytes of the
 # tables it covers), sequence (rel), refresh (rel), large_objects, settings, database (name).
 # {sequences} / {marked_sequences}: which sequences are compared (every one after a test,
 # those of marked tables before one; or, in the procedure, those the WAL names); {databases}:
@@ -161,8 +160,6 @@ WHERE a.datid = me.db AND a.pid <> pg_backend_pid() AND a.backend_type = 'client
   AND coalesce(a.state, 'idle') <> 'idle'
 UNION ALL SELECT 'prepared', NULL, p.gid FROM pg_prepared_xacts p
 WHERE p.database = current_database()
-UNION ALL SELECT DISTINCT 'advisory', l.pid::oid, NULL FROM pg_locks l, me
-WHERE l.locktype = 'advisory' AND l.database = me.db AND l.pid <> pg_backend_pid()
 UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d WHERE d.kind = 'schema'
 UNION ALL SELECT 'schema', NULL, 'CREATE, ALTER or DROP EVENT TRIGGER' FROM state
 WHERE (SELECT coalesce(string_agg(evtname || ':' || evtenabled::text, ',' ORDER BY evtname), '')

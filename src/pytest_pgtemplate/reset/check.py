@@ -16,8 +16,9 @@ _DDL = "SELECT what FROM pgtemplate.ddl WHERE kind = 'schema'"
 WAL_MIN_SEQUENCES = 250
 """From how many sequences the check after a test reads the WAL instead of comparing them all:
 the procedure's flush, commit and WAL read cost a few tenths of a millisecond more than the plain
-query, comparing a sequence 1-2 us (``benchmarks/check_cost.py``). Per test, the WAL cost 0.2-0.4
-ms more at 100 tables, the same at 250, 2 ms less at 1000 (``benchmarks/sequence_marks.py``)."""
+query, comparing a sequence 1-2 us (``benchmarks/check_cost.py``). Per test, the WAL cost 0.2-0.35
+ms more at 100 tables, about the same at 250, 0.6-0.8 ms less at 1000
+(``benchmarks/sequence_marks.py``)."""
 WAL_BYTES_PER_SEQUENCE = 128
 """How much WAL the check reads, per sequence, before comparing every sequence is cheaper:
 pg_walinspect reads about 100 bytes a microsecond and a sequence compares in about 1.3 on the

@@ -131,7 +131,7 @@ def _tables(
     tables = []
     for oid in order:
         row = by_oid[oid]
-        below = closure(children, [oid])
+        below = closure(lambda parent: children.get(parent, ()), [oid])
         tables.append(
             Table(
                 oid=oid,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import asyncpg
@@ -42,12 +42,13 @@ def parents_first(tables: Mapping[int, Any], depends: Mapping[int, set[int]]) ->
     return order
 
 
-def closure(graph: Mapping[int, Iterable[int]], roots: Iterable[int]) -> set[int]:
+def closure(neighbours: Callable[[int], Iterable[int]], roots: Iterable[int]) -> set[int]:
+    """Every table reachable from ``roots``; ``neighbours`` is asked only for those reached."""
     seen: set[int] = set()
     stack = list(roots)
     while stack:
         oid = stack.pop()
         if oid not in seen:
             seen.add(oid)
-            stack.extend(graph.get(oid, ()))
+            stack.extend(neighbours(oid))
     return seen

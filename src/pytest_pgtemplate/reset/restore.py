@@ -11,7 +11,7 @@ and foreign keys are checked as the rows go back (deferrable ones at the commit)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -77,7 +77,7 @@ def plan(layout: Layout, changes: Changes, truncate_above: int = TRUNCATE_ABOVE_
     marked = dict(changes.tables)
     changed = {leaf for oid in marked for leaf in layout.table(oid).leaves}
     roots = [oid for oid, size in marked.items() if size > truncate_above or not layout.superuser]
-    cut_all = closure(_Referrers(layout), roots)
+    cut_all = closure(lambda oid: layout.table(oid).referrers, roots)
     cut = frozenset(oid for oid in cut_all if layout.table(oid).kind == "r")
     emptied = tuple(
         layout.table(oid)
@@ -163,24 +163,6 @@ async def restore(
             await conn.execute("ROLLBACK")
         raise ResetError(_failure_message(exc, layout.superuser)) from exc
     return _stats(layout, changes, the_plan)
-
-
-class _Referrers(Mapping[int, Iterable[int]]):
-    """The tables referencing a table, looked up one by one (what ``closure`` reaches only)."""
-
-    def __init__(self, layout: Layout) -> None:
-        self._layout = layout
-
-    def __getitem__(self, oid: int) -> Iterable[int]:
-        if not self._layout.knows_table(oid):
-            raise KeyError(oid)
-        return self._layout.table(oid).referrers
-
-    def __iter__(self) -> Iterator[int]:
-        return (t.oid for t in self._layout.tables)
-
-    def __len__(self) -> int:
-        return len(self._layout.tables)
 
 
 def _refill(table: Table) -> str:

@@ -102,13 +102,13 @@ def header(meta: Meta, rounds: int) -> list[str]:
     ]
 
 
-def _paired(samples: Samples, tables: int, case: str, column: str) -> list[float]:
+def paired(samples: Samples, tables: int, case: str, column: str) -> list[float]:
     """Each round's figure minus the same round's floor: load drift cancels out."""
     floor = samples[(tables, case, "floor")]
     return [a - b for a, b in zip(samples[(tables, case, column)], floor, strict=True)]
 
 
-def _cell(values: list[float], digits: int = 2) -> str:
+def cell(values: list[float], digits: int = 2) -> str:
     if not values:
         return "-"
     mid = statistics.median(values)
@@ -137,7 +137,7 @@ def per_test(samples: Samples, tables: list[int], cases: list[str]) -> list[str]
             if (size, case, "floor") not in samples:
                 continue
             floor = statistics.median(samples[(size, case, "floor")])
-            cells = [_cell(_paired(samples, size, case, column)) for column in RESETS]
+            cells = [cell(paired(samples, size, case, column)) for column in RESETS]
             lines.append(f"| {case} | {size} | {floor:.2f} | {' | '.join(cells)} |")
     return [*lines, ""]
 
@@ -155,7 +155,7 @@ def checks(samples: Samples, tables: list[int]) -> list[str]:
     ]
     for size in tables:
         keys = [(size, case, column) for column in MODES.values() for case in CHECKS]
-        lines.append(f"| {size} | {' | '.join(_cell(samples[key], 3) for key in keys)} |")
+        lines.append(f"| {size} | {' | '.join(cell(samples[key], 3) for key in keys)} |")
     return [*lines, ""]
 
 
@@ -171,7 +171,7 @@ def setups(samples: Samples, tables: list[int]) -> list[str]:
     ]
     for size in tables:
         what = ("clone", "clone + open_resetter", "open_resetter")
-        cells = [_cell(samples.get((size, "setup", each), []), 3) for each in what]
+        cells = [cell(samples.get((size, "setup", each), []), 3) for each in what]
         lines.append(f"| {size} | {' | '.join(cells)} |")
     return [*lines, ""]
 
@@ -183,17 +183,17 @@ def _verdict(ok: bool | None) -> str:
 def _median(samples: Samples, size: int, case: str, column: str) -> float | None:
     if (size, case, column) not in samples:
         return None
-    return statistics.median(_paired(samples, size, case, column))
+    return statistics.median(paired(samples, size, case, column))
 
 
-def _bound(samples: Samples, tables: list[int], case: str, column: str, limit: float) -> str:
+def bound(samples: Samples, tables: list[int], case: str, column: str, limit: float) -> str:
     found = {size: _median(samples, size, case, column) for size in tables}
     shown = ", ".join(f"{size}: {ms:.2f}" for size, ms in found.items() if ms is not None)
     ok = all(ms is not None and ms <= limit for ms in found.values()) if tables else None
     return f"{_verdict(ok)} ({shown})" if shown else _verdict(ok)
 
 
-def _ratio(samples: Samples, case: str, column: str) -> str:
+def ratio(samples: Samples, case: str, column: str) -> str:
     small, big = _median(samples, 10, case, column), _median(samples, 1000, case, column)
     if small is None or big is None:
         return _verdict(None)
@@ -210,15 +210,15 @@ def targets(samples: Samples, tables: list[int]) -> list[str]:
             f"Restore, {mode}:",
             "",
             "- nothing changed, <= 0.5 ms over the floor at any size: "
-            + _bound(samples, tables, "nothing changed", column, 0.5),
+            + bound(samples, tables, "nothing changed", column, 0.5),
             "- 3 tables changed, <= 1.0 ms at 200 tables: "
-            + _bound(samples, [t for t in tables if t == 200], "3 tables", column, 1.0),
+            + bound(samples, [t for t in tables if t == 200], "3 tables", column, 1.0),
             "- 3 tables changed, <= 1.5 ms at 1000 tables: "
-            + _bound(samples, [t for t in tables if t == 1000], "3 tables", column, 1.5),
+            + bound(samples, [t for t in tables if t == 1000], "3 tables", column, 1.5),
             "- 1000 tables at most 1.5x 10 tables, nothing changed: "
-            + _ratio(samples, "nothing changed", column),
+            + ratio(samples, "nothing changed", column),
             "- 1000 tables at most 1.5x 10 tables, 3 tables changed: "
-            + _ratio(samples, "3 tables", column),
+            + ratio(samples, "3 tables", column),
             "",
         ]
     lines += ["The check, and a worker's setup:", ""]

@@ -137,7 +137,7 @@ def own_server() -> bool:
 def pytest_report_header(config: pytest.Config) -> str:
     if not _SUITE:
         return "test server: none started in this process"
-    how = "the plugin's own, started for this process" if _SUITE[0].embedded else ENV_VAR
+    how = "the plugin's own, started for this process" if own_server() else ENV_VAR
     return f"test server: {redacted(make_url(_SUITE[0].url))} ({how})"
 
 

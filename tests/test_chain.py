@@ -115,12 +115,16 @@ async def test_1_leaves_an_advisory_lock_on_a_pooled_connection(pg_engine):
         await conn.commit()
 
 
-async def test_2_another_connection_gets_it(pg_database):
-    other = await asyncpg.connect(pg_database.libpq_url)
+async def taken_by_another_connection(database, key):
+    other = await asyncpg.connect(database.libpq_url)
     try:
-        assert await other.fetchval("SELECT pg_try_advisory_lock(4242)")
+        return await other.fetchval("SELECT pg_try_advisory_lock($1)", key)
     finally:
         await other.close()
+
+
+async def test_2_another_connection_gets_it(pg_database):
+    assert await taken_by_another_connection(pg_database, 4242)
 
 
 def test_3_sync_leaves_one_too(pg_sync_engine):
@@ -130,11 +134,7 @@ def test_3_sync_leaves_one_too(pg_sync_engine):
 
 
 async def test_4_another_connection_gets_that_one(pg_database):
-    other = await asyncpg.connect(pg_database.libpq_url)
-    try:
-        assert await other.fetchval("SELECT pg_try_advisory_lock(4343)")
-    finally:
-        await other.close()
+    assert await taken_by_another_connection(pg_database, 4343)
 """
 
 

@@ -691,6 +691,19 @@ async def test_the_check_before_a_test_restores_writes_made_outside_tests(clean:
     assert await clean.resetter.ensure_pristine() == ResetOutcome()
 
 
+async def test_a_replaced_layout_looks_tables_and_sequences_up_afresh(clean: World) -> None:
+    """Layout caches its lookups by oid; dataclasses.replace (the benchmarks and tests replace
+    a layout's fields) must not carry one layout's cache into another."""
+    layout = clean.resetter.layout
+    table, sequence = layout.tables[0], layout.sequences[0]
+    assert layout.knows_table(table.oid)  # both caches filled
+    assert layout.sequence(sequence.oid) == sequence
+    other = dataclasses.replace(layout, tables=layout.tables[1:], sequences=layout.sequences[1:])
+    assert not other.knows_table(table.oid)
+    assert other.sequence(sequence.oid) is None
+    assert layout.table(table.oid) == table
+
+
 async def test_a_reconnect_needs_no_new_capture(clean: World, databases: Databases) -> None:
     """The layout lives in the template: a new connection (a reconnect) reads it, copies nothing."""
     await clean.test.execute("UPDATE customer SET email = 'x@y.z' WHERE id = 2")

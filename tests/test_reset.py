@@ -32,7 +32,6 @@ from pytest_pgtemplate.naming import DatabaseTag, quote_literal
 from pytest_pgtemplate.reset.install import install
 from pytest_pgtemplate.reset.resetter import Known, ResetOutcome, Resetter, open_resetter
 from pytest_pgtemplate.reset.restore import RestoreStats, restore
-from pytest_pgtemplate.reset.sql import SESSION_CLEAN
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SERVER_URL = os.environ.get("PGTEMPLATE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -1081,41 +1080,6 @@ async def test_a_long_running_query_is_ended_after_the_grace(fresh: Fresh) -> No
     assert [each.state for each in leaked] == ["active"]  # ended, not waited out for 30 s
     with pytest.raises(ENDED):
         await background
-
-
-@pytest.mark.parametrize("clean", [True, False], ids=["a pooled connection's clean", "another"])
-async def test_a_statement_running_during_the_check_is_waited_for_unless_it_is_a_clean(
-    fresh: Fresh, databases: Databases, clean: bool
-) -> None:
-    """The clean of idle pooled connections (engines.CLEAN_SESSION) runs while the check after
-    a test does: known by how it begins, it is neither waited for nor ended. Any other
-    statement still running after the grace is (here both wait for an advisory lock)."""
-    holder = await asyncpg.connect(databases.dsn(fresh.name))
-    try:
-        await holder.execute("SELECT pg_advisory_lock(16, 16)")
-        waits = "SELECT pg_advisory_lock(16, 16)"
-        background = asyncio.create_task(
-            fresh.test.execute(f"{SESSION_CLEAN} {waits}" if clean else waits)
-        )
-        pid = fresh.test.get_server_pid()
-        waiting = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1"
-        for _ in range(1000):  # up to 10 s: until it waits for the lock
-            if await holder.fetchval(waiting, pid):
-                break
-            await asyncio.sleep(0.01)
-        outcome = await asyncio.wait_for(fresh.resetter.reset("restore"), timeout=30)
-        if not clean:
-            assert [each.pid for each in outcome.leaked] == [pid]
-            with pytest.raises(ENDED):
-                await background
-            return
-        assert outcome == ResetOutcome()
-        assert not background.done(), "it still waits for the lock: the check ran meanwhile"
-        await holder.execute("SELECT pg_advisory_unlock(16, 16)")
-        await background
-        await fresh.test.execute("SELECT pg_advisory_unlock_all()")
-    finally:
-        await holder.close()
 
 
 # --- Without superuser: the catalog probe, foreign keys on --------------------------------------

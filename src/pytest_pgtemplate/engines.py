@@ -22,18 +22,15 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from .reset.sql import SESSION_CLEAN
-
 T = TypeVar("T")
 
-CLEAN_SESSION = SESSION_CLEAN + (
-    " CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); SET SESSION AUTHORIZATION DEFAULT;"
+CLEAN_SESSION = (
+    "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); SET SESSION AUTHORIZATION DEFAULT;"
     " RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; DO $$ DECLARE n text; BEGIN"
     " FOR n IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP"
     " EXECUTE format('DEALLOCATE %I', n); END LOOP; END $$"
 )
-"""``DISCARD ALL`` but for the protocol-level prepared statements drivers cache. It begins with
-``SESSION_CLEAN``: the reset's check, which may run meanwhile, knows it is no open transaction."""
+"""``DISCARD ALL`` but for the protocol-level prepared statements drivers cache."""
 _EPOCH = "pgtemplate_epoch"
 _await: Callable[[Any], Any] = getattr(sa_util, "await_", None) or sa_util.await_only
 

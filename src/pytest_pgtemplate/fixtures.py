@@ -131,7 +131,8 @@ def pg_database(
     request.node.stash[USED_DATABASE] = pg_worker_database
     yield pg_worker_database
     with _user_errors():
-        after = pg_worker_database.reset(strategy)  # the pooled connections are cleaned too
+        pg_worker_database.clean_connections()
+        after = pg_worker_database.reset(strategy)
     if strategy != "truncate-all":  # its seed rows come back at the check before the next test
         activity.mark(pg_worker_database)
     _warn_about(after, test, pg_worker_database)

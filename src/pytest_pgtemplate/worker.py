@@ -82,9 +82,8 @@ class WorkerDatabase:
         self._cleaners.append(cleaner)
 
     def clean_connections(self) -> None:
-        """Idle pooled connections of the plugin's engines lose their session state (an advisory
-        lock held on one would block the next test's other connections until the pool handed it
-        out). ``reset`` does this too."""
+        """After a test: pooled connections lose its session state (an advisory lock held on
+        one would block the next test's other connections until the pool handed it out)."""
         for cleaner in self._cleaners:
             cleaner()
 
@@ -123,9 +122,8 @@ class WorkerDatabase:
         return self._state().ensure_clean(nothing_ran=nothing_ran)
 
     def reset(self, strategy: str) -> ResetOutcome:
-        """After a test: put the database back to the template's state with ``strategy``, and
-        clean the idle pooled connections of the plugin's engines (``clean_connections``)."""
-        return self._state().reset(strategy, alongside=self.clean_connections)
+        """After a test: put the database back to the template's state with ``strategy``."""
+        return self._state().reset(strategy)
 
     def recreate(self) -> tuple[Backend, ...]:
         """Replace the database by a fresh clone of the template."""
@@ -276,48 +274,28 @@ class _Clone:
             raise
         return await work
 
-    def reset(self, strategy: str, alongside: Callable[[], None] = lambda: None) -> ResetOutcome:
-        """``alongside`` (the pooled connections' clean, on the test's side) runs while the
-        check and the restore do, where nothing it does can look like a change: the check
-        knows its statement, and event triggers ignore the temporary tables it drops (the
-        catalog probe would not, so without event triggers it runs first, as for the
-        strategies that end connections or the database)."""
+    def reset(self, strategy: str) -> ResetOutcome:
         self.server.report.resets += 1
         if strategy == "recreate":
-            alongside()
             return ResetOutcome(self.recreate())
-        known = self.known
-        overlap = strategy != "truncate-all" and known is not None and known.layout.superuser
-        if not overlap:
-            alongside()
-        return self._run_reset(
-            lambda resetter: resetter.reset(strategy), alongside=alongside if overlap else None
-        )
+        return self._run_reset(lambda resetter: resetter.reset(strategy))
 
     def _run_reset(
         self,
         action: Callable[[Resetter], Coroutine[Any, Any, ResetOutcome]],
         *,
         claimed: bool = False,
-        alongside: Callable[[], None] | None = None,
     ) -> ResetOutcome:
         if not claimed and self.resetter is None:
             self.server.run(self.server.claim.ensure())
             claimed = True
-        side_error: BaseException | None = None
         try:
             if self.resetter is None:
                 self._open_resetter()
             assert self.resetter is not None
             work = action(self.resetter)
             # One hop to the plugin's loop: the claim's look (no round trip) runs there too.
-            running = self.server.loop.submit(work if claimed else self._after_claim(work))
-            if alongside is not None:
-                try:
-                    alongside()
-                except BaseException as exc:  # raised once the reset is over, not before
-                    side_error = exc
-            outcome = running.result()
+            outcome = self.server.run(work if claimed else self._after_claim(work))
         except _ClaimFailed as failed:
             raise failed.error from None
         except (*DRIVER_ERRORS, ResetError) as exc:
@@ -328,8 +306,6 @@ class _Clone:
             ) from None
         if outcome.schema_changed:
             self.recreate()
-        if side_error is not None:
-            raise side_error
         return outcome
 
     def recreate(self) -> tuple[Backend, ...]:

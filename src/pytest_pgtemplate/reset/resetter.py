@@ -37,11 +37,10 @@ LEAK_GRACE = 1.0
 task's last query on a busy machine) before its connection is ended and reported."""
 _LOCK_TIMEOUT = "10s"
 _POLL_FIRST, _POLL_MAX = 0.001, 0.02  # seconds between looks at pg_stat_activity, doubling
-_OPEN = f"""
+_OPEN = """
 SELECT pid, state, left(query, 120) AS query FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid()
   AND backend_type = 'client backend' AND coalesce(state, 'idle') <> 'idle'
-  AND NOT coalesce(starts_with(query, '{sql.SESSION_CLEAN}'), false)
 """
 _SETTINGS = """
 SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE s.setrole::regrole::text END AS role, s.setconfig

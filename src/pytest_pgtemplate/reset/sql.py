@@ -36,9 +36,6 @@ MARK_TRIGGER = "pgtemplate_mark"
 EVENT_TRIGGERS = ("pgtemplate_ddl", "pgtemplate_drop")
 RESTORING = "pgtemplate.restoring"
 """A transaction-local setting the restore sets, so its own DDL (trigger switches) is no mark."""
-SESSION_CLEAN = "/* pytest-pgtemplate: session clean */"
-"""How the statement that cleans an idle pooled connection begins: it runs while the reset's
-check looks, and is no transaction a test left open."""
 
 CREATE_SCHEMA = r"""
 CREATE SCHEMA pgtemplate;
@@ -160,7 +157,7 @@ marked AS (SELECT DISTINCT rel FROM pgtemplate.dirty)
 SELECT 'busy' AS kind, a.pid::oid AS rel, a.state || ': ' || left(a.query, 120) AS detail
 FROM pg_stat_get_activity(NULL) a, me
 WHERE a.datid = me.db AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
-  AND coalesce(a.state, 'idle') <> 'idle' AND NOT coalesce(starts_with(a.query, '{clean}'), false)
+  AND coalesce(a.state, 'idle') <> 'idle'
 UNION ALL SELECT 'prepared', NULL, p.gid FROM pg_prepared_xacts p
 WHERE p.database = current_database()
 UNION ALL SELECT 'schema', d.rel, d.what FROM pgtemplate.ddl d WHERE d.kind = 'schema'
@@ -236,8 +233,7 @@ def _render(
     index_written: str = "true",
 ) -> str:
     return (
-        _CHECK.replace("{clean}", SESSION_CLEAN)
-        .replace("{large_object_data}", _LARGE_OBJECT_DATA if superuser else "")
+        _CHECK.replace("{large_object_data}", _LARGE_OBJECT_DATA if superuser else "")
         .replace("{index_written}", index_written)
         .replace("{sequences}", sequences)
         .replace("{marked_sequences}", marked_sequences)

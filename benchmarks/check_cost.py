@@ -53,6 +53,7 @@ from reset_overhead import (
 PARAMETERISED = (
     sql._CHECK.replace("{large_object_data}", sql._LARGE_OBJECT_DATA)
     .replace("{index_written}", "true")
+    .replace("{restore}", "")
     .replace("{sequences}", sql._EVERY_SEQUENCE.replace("{every_sequence}", "$1"))
     .replace("{marked_sequences}", "NOT $1")
     .replace("{databases}", "$2")
@@ -112,13 +113,13 @@ async def measure(server: Server, tables: list[int], rounds: int) -> tuple[Sampl
             query, waking, timed = VARIANTS[variant]
             conn = conns[size]
             if variant in (WAL_FROM_LAST, WAL_EVERY):
-                conn, waking = wal_conns[size], (None, 0, False)
+                conn, waking = wal_conns[size], (None, 0, False, False)
             await conn.fetch(query, *waking)  # wakes the backend: the next call is hot
             if variant == WAL_FROM_LAST:
                 start = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
-                timed = (start, budgets[size], False)
+                timed = (start, budgets[size], False, False)
             elif variant == WAL_EVERY:
-                timed = (None, budgets[size], False)
+                timed = (None, budgets[size], False, False)
             started = time.perf_counter()
             await conn.fetch(query, *timed)
             if number >= WARM_UP:
@@ -144,7 +145,7 @@ async def decode_rate(conn: asyncpg.Connection) -> str:
         "INSERT INTO bench_rows (v) SELECT g FROM generate_series(1, 10000) g;"
         " DELETE FROM bench_rows"
     )
-    end = (await conn.fetchrow(sql.CALL_CHECK, None, 0, False))["upto"]
+    end = (await conn.fetchrow(sql.CALL_CHECK, None, 0, False, False))["upto"]
     best = float("inf")
     for _ in range(5):
         started = time.perf_counter()

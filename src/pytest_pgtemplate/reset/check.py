@@ -69,6 +69,9 @@ class Changes:
     """Where the WAL was read up to (the next check starts there); None without WAL marks."""
     from_wal: bool = False
     """The WAL named the sequences compared; False: every sequence was."""
+    restored: bool = False
+    """The check restored what it found itself (tables and sequences only): nothing is left to
+    do but to count it."""
 
     @property
     def restore_needed(self) -> bool:
@@ -87,15 +90,20 @@ async def check(
     wal: bool = False,
     wal_from: int | None = None,
     wal_budget: int = 0,
+    restore: bool = False,
 ) -> Changes:
     """The marks, and (without event triggers) the catalog probe first: DDL decides alone.
 
     ``wal`` (the layout has WAL marks): the procedure runs instead; ``wal_from`` is where the
     last reset's check read the WAL up to and ``wal_budget`` how many bytes of it are worth
     reading (else, or when None, every sequence is compared); ``all_sequences`` does not matter.
+    ``restore`` (superuser): restore what it found in the same statement where it can
+    (``Changes.restored``).
     """
     if wal and layout.wal_marks:
-        return await _check_with_wal(conn, layout, wal_from, wal_budget, watch_databases)
+        return await _check_with_wal(
+            conn, layout, wal_from, wal_budget, databases=watch_databases, restore=restore
+        )
     catalog = watch.catalog
     if catalog is not None and layout.probe is not None:
         query = probe_query(layout.probe.watched)
@@ -104,7 +112,10 @@ async def check(
             return Changes(schema=("a change to the catalogs (CREATE, ALTER, DROP, COMMENT...)",))
     try:
         query = check_query(
-            layout.superuser, all_sequences=all_sequences, databases=watch_databases
+            layout.superuser,
+            all_sequences=all_sequences,
+            databases=watch_databases,
+            restore=restore,
         )
         rows = await conn.fetch(query)
     except asyncpg.PostgresError:  # a sequence or table it reads was dropped: DDL says so
@@ -123,10 +134,12 @@ async def _check_with_wal(
     layout: Layout,
     wal_from: int | None,
     budget: int,
-    watch_databases: bool,
+    *,
+    databases: bool,
+    restore: bool,
 ) -> Changes:
     try:
-        row = await conn.fetchrow(CALL_CHECK, wal_from, budget, watch_databases)
+        row = await conn.fetchrow(CALL_CHECK, wal_from, budget, databases, restore)
     except asyncpg.PostgresError:  # as in check(): a relation it reads was dropped
         ddl = tuple(r[0] for r in await conn.fetch(_DDL))
         if ddl:
@@ -160,6 +173,7 @@ def _parse(rows: Sequence[Mapping[str, Any]], layout: Layout) -> Changes:
         large_objects="large_objects" in by_kind,
         settings="settings" in by_kind,
         databases=tuple(r["detail"] for r in by_kind.get("database", [])),
+        restored="restored" in by_kind,
     )
 
 

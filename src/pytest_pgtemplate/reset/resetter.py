@@ -180,6 +180,8 @@ class Resetter:
     predates a fresh clone). None: the next check compares every sequence."""
     wal_bytes_per_sequence: int = WAL_BYTES_PER_SEQUENCE
     wal_min_sequences: int = WAL_MIN_SEQUENCES
+    restore_in_check: bool = True
+    """After a test, a superuser's check restores the plain cases itself (one round trip)."""
     _truncate_all: str | None = field(default=None, init=False)
 
     @property
@@ -269,7 +271,11 @@ class Resetter:
         assert isinstance(found, Changes)
         return found
 
-    async def _check(self, all_sequences: bool) -> Changes:
+    async def _check(self, all_sequences: bool, *, restore: bool | None = None) -> Changes:
+        """``restore``: whether the check may restore what it finds (by default, after a test
+        as ``restore_in_check`` says; never before one: the claim is verified meanwhile)."""
+        if restore is None:
+            restore = all_sequences and self.restore_in_check
         return await check(
             self.conn,
             self.layout,
@@ -279,6 +285,7 @@ class Resetter:
             wal=all_sequences and self.uses_wal,
             wal_from=self.wal_from,
             wal_budget=self.wal_bytes_per_sequence * len(self.layout.sequences),
+            restore=restore,
         )
 
     async def end_leaked_backends(self, grace: float | None = None) -> tuple[Backend, ...]:

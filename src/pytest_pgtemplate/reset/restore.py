@@ -12,7 +12,7 @@ and foreign keys are checked as the rows go back (deferrable ones at the commit)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -58,6 +58,8 @@ class RestoreStats:
     refreshed: tuple[str, ...] = ()
     large_objects: bool = False
     settings: bool = False
+    in_check: bool = field(default=False, compare=False)
+    """How, not what: the check after the test restored it (``sql.create_restore_in_check``)."""
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,26 @@ def plan(layout: Layout, changes: Changes, truncate_above: int = TRUNCATE_ABOVE_
     return Plan(names, cut, emptied, frozenset(marked) | cut_all | changed)
 
 
+def fires_on_restore(table: Table, *, superuser: bool) -> list[tuple[str, str, str]]:
+    """(TRIGGER or RULE, name, mode) of the table's triggers and rules that would fire on the
+    restore's own writes."""
+    return [
+        (kind, name, mode)
+        for kind, each in (("TRIGGER", table.triggers), ("RULE", table.rules))
+        for name, mode in each
+        if mode in _FIRING[superuser]
+    ]
+
+
 def script(
     layout: Layout, changes: Changes, the_plan: Plan, settings: Sequence[str]
 ) -> tuple[list[str], list[str]]:
     """The restore's statements: (up to the last write, the rest up to COMMIT)."""
     superuser = layout.superuser
-    firing = [  # the table's triggers and rules that would fire on the restore's own writes
+    firing = [
         (t, kind, name, mode)
         for t in the_plan.emptied
-        for kind, each in (("TRIGGER", t.triggers), ("RULE", t.rules))
-        for name, mode in each
-        if mode in _FIRING[superuser]
+        for kind, name, mode in fires_on_restore(t, superuser=superuser)
     ]
     role = (  # the resetter's session is replica already: no change, the plans stay
         "SET LOCAL session_replication_role = replica"
@@ -109,7 +120,7 @@ def script(
     head += [f"ALTER TABLE {t.name} DISABLE {k} {quote_ident(n)}" for t, k, n, _ in firing]
     head += [f"TRUNCATE {', '.join(the_plan.truncate)}"] if the_plan.truncate else []
     head += [f"DELETE FROM ONLY {t.name}" for t in the_plan.emptied if t.oid not in the_plan.cut]
-    head += [_refill(t) for t in the_plan.refill]
+    head += [refill_statement(t) for t in the_plan.refill]
     head += [
         f"SELECT setval({s.oid}::regclass, {s.last_value}, {s.is_called})"
         for s in map(layout.sequence, changes.sequences)
@@ -148,6 +159,8 @@ async def restore(
         what = f"materialized view {stale[0]}" if stale else "large objects with an ACL"
         raise ResetError(f"a REFRESH of a {what} cannot be undone exactly; recreate it")
     the_plan = plan(layout, changes, truncate_above)
+    if changes.restored:  # the check did it, in its own statement
+        return _stats(layout, changes, the_plan)
     head, tail = script(layout, changes, the_plan, settings)
     try:
         if watch.catalog is None:
@@ -165,7 +178,7 @@ async def restore(
     return _stats(layout, changes, the_plan)
 
 
-def _refill(table: Table) -> str:
+def refill_statement(table: Table) -> str:
     overriding = " OVERRIDING SYSTEM VALUE" if table.overriding else ""
     return (
         f"INSERT INTO {table.name} ({table.columns}){overriding}"
@@ -199,6 +212,7 @@ def _stats(layout: Layout, changes: Changes, the_plan: Plan) -> RestoreStats:
         refreshed=tuple(m.name for m in layout.matviews if m.oid in changes.refreshed),
         large_objects=changes.large_objects,
         settings=changes.settings,
+        in_check=changes.restored,
     )
 
 

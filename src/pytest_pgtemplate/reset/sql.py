@@ -44,7 +44,8 @@ COMMENT ON SCHEMA pgtemplate IS
 CREATE UNLOGGED TABLE pgtemplate.dirty (rel oid NOT NULL);  -- no key: a mark never waits
 CREATE UNLOGGED TABLE pgtemplate.ddl (kind text NOT NULL, rel oid, what text NOT NULL);
 CREATE TABLE pgtemplate.tables (
-  rel oid PRIMARY KEY, leaves oid[] NOT NULL, sequences oid[] NOT NULL);
+  rel oid PRIMARY KEY, leaves oid[] NOT NULL, sequences oid[] NOT NULL,
+  rank int NOT NULL, empty text, refill text);  -- empty: NULL where the check may not restore
 CREATE TABLE pgtemplate.sequences (
   rel oid PRIMARY KEY, seen bigint, options text NOT NULL, logged boolean NOT NULL,
   last_value bigint NOT NULL);  -- seen is NULL while is_called is false: last_value tells
@@ -153,7 +154,8 @@ state AS (
          max(value) FILTER (WHERE key = 'clustered') AS clustered,
          max(value) FILTER (WHERE key = 'database') AS database
   FROM pgtemplate.state WHERE key <> 'layout'),
-marked AS (SELECT DISTINCT rel FROM pgtemplate.dirty)
+marked AS (SELECT DISTINCT rel FROM pgtemplate.dirty),
+found AS (
 SELECT 'busy' AS kind, a.pid::oid AS rel, a.state || ': ' || left(a.query, 120) AS detail
 FROM pg_stat_get_activity(NULL) a, me
 WHERE a.datid = me.db AND a.pid <> pg_backend_pid() AND a.backend_type = 'client backend'
@@ -198,13 +200,24 @@ WHERE (SELECT coalesce(string_agg(s.setrole::text || '=' || array_to_string(s.se
        FROM pg_db_role_setting s WHERE s.setdatabase = me.db) IS DISTINCT FROM state.settings
 UNION ALL SELECT 'database', NULL, d.datname::text FROM pg_database d, state
 WHERE {databases} AND age(d.xmin) < age(state.databases_seen::xid8::xid)
-  AND d.datname NOT LIKE 'pgtemplate\_%'
-"""
+  AND d.datname NOT LIKE 'pgtemplate\_%')
+SELECT kind, rel, detail FROM found
+{restore}"""
 # pg_largeobject (the data) is readable by a superuser only: others see lo_put() on an existing
 # large object only through its metadata, which lo_put() leaves alone.
 _LARGE_OBJECT_DATA = (
     "OR EXISTS (SELECT FROM pg_largeobject WHERE age(xmin) < age(state.ref::xid8::xid))"
 )
+
+
+# After a test, as superuser: what the check found is restored by the same statement when it is
+# rows of small tables and moved sequences only (``create_restore_in_check``); the row
+# 'restored' says so. Called only when something was found: nothing changed costs no call.
+_RESTORE = """UNION ALL SELECT 'restored', NULL, NULL
+WHERE CASE WHEN EXISTS (SELECT FROM found)
+      THEN pgtemplate.restore_found(ARRAY(SELECT kind FROM found), ARRAY(SELECT rel FROM found),
+                                    ARRAY(SELECT detail FROM found))
+      ELSE false END"""
 
 
 _EVERY_SEQUENCE = """UNION ALL SELECT 'sequence', s.rel, NULL FROM pgtemplate.sequences s
@@ -230,10 +243,13 @@ def _render(
     sequences: str,
     marked_sequences: str,
     databases: str,
+    *,
     index_written: str = "true",
+    restore: bool = False,
 ) -> str:
     return (
-        _CHECK.replace("{large_object_data}", _LARGE_OBJECT_DATA if superuser else "")
+        _CHECK.replace("{restore}", _RESTORE if restore else "")
+        .replace("{large_object_data}", _LARGE_OBJECT_DATA if superuser else "")
         .replace("{index_written}", index_written)
         .replace("{sequences}", sequences)
         .replace("{marked_sequences}", marked_sequences)
@@ -242,15 +258,91 @@ def _render(
 
 
 @functools.cache
-def check_query(superuser: bool, *, all_sequences: bool, databases: bool) -> str:
+def check_query(
+    superuser: bool, *, all_sequences: bool, databases: bool, restore: bool = False
+) -> str:
+    """``all_sequences``: the check after a test (the one before compares the sequences of
+    marked tables); ``restore`` (superuser only): it restores what it can itself."""
     every = "true" if all_sequences else "false"
     sequences = _EVERY_SEQUENCE.replace("{every_sequence}", every)
-    return _render(superuser, sequences, "NOT " + every, "true" if databases else "false")
+    switch = "true" if databases else "false"
+    return _render(superuser, sequences, "NOT " + every, switch, restore=restore and superuser)
 
 
-CALL_CHECK = "CALL pgtemplate.check($1, $2, $3)"
+def create_restore_in_check(truncate_above: int) -> str:
+    """``pgtemplate.restore_found``: what the check after a test found, restored in the check's
+    own statement, one round trip instead of two. Only the plain cases: marked tables of at most
+    ``truncate_above`` bytes, each leaf with its statements recorded at build (none for a table
+    whose triggers or rules fire as replica: the client switches those off around its restore),
+    and moved sequences; the session is replica, so foreign keys stay quiet. For anything else
+    (another kind of change, a bigger table, a table created since) it does nothing and returns
+    false: the client plans the restore. The restore's own writes mark the tables again; their
+    marks go with the test's."""
+    return rf"""
+CREATE FUNCTION pgtemplate.restore_found(p_kinds text[], p_rels oid[], p_details text[])
+RETURNS boolean LANGUAGE plpgsql AS $restore$
+DECLARE
+  v_marked oid[];
+  v_sequences oid[];
+  v_big boolean;
+  v_leaves oid[];
+  v_empty text[];
+  v_refill text[];
+  v_i int;
+BEGIN
+  IF NOT (p_kinds <@ '{{table,sequence}}'::text[])
+     OR current_setting('session_replication_role') <> 'replica' THEN
+    RETURN false;
+  END IF;
+  SELECT array_agg(u.r) FILTER (WHERE u.k = 'table'),
+         array_agg(u.r) FILTER (WHERE u.k = 'sequence'),
+         coalesce(bool_or(u.k = 'table' AND u.d::bigint > {truncate_above}), false)
+  INTO v_marked, v_sequences, v_big
+  FROM unnest(p_kinds, p_rels, p_details) AS u(k, r, d);
+  IF v_big THEN
+    RETURN false;
+  END IF;
+  IF v_marked IS NOT NULL THEN
+    -- By key, each: a join would read all of pgtemplate.tables for a few marks.
+    IF EXISTS (SELECT FROM unnest(v_marked) m
+               WHERE NOT EXISTS (SELECT FROM pgtemplate.tables t WHERE t.rel = m)) THEN
+      RETURN false;  -- a table created since: a schema change, the client's to report
+    END IF;
+    SELECT array_agg(x.rel ORDER BY x.rank), array_agg(x.empty ORDER BY x.rank),
+           array_agg(x.refill ORDER BY x.rank)
+    INTO v_leaves, v_empty, v_refill
+    FROM (SELECT DISTINCT l FROM unnest(v_marked) m,
+          LATERAL (SELECT t.leaves FROM pgtemplate.tables t WHERE t.rel = m OFFSET 0) t,
+          unnest(t.leaves) l) ls,
+         LATERAL (SELECT t.rel, t.empty, t.refill, t.rank FROM pgtemplate.tables t
+                  WHERE t.rel = ls.l OFFSET 0) x;
+    IF array_position(v_empty, NULL) IS NOT NULL THEN
+      RETURN false;
+    END IF;
+    FOR v_i IN 1 .. coalesce(array_length(v_leaves, 1), 0) LOOP
+      EXECUTE v_empty[v_i];
+      IF v_refill[v_i] IS NOT NULL THEN
+        EXECUTE v_refill[v_i];
+      END IF;
+    END LOOP;
+    DELETE FROM pgtemplate.dirty WHERE rel = ANY (v_marked || coalesce(v_leaves, '{{}}'));
+  END IF;
+  IF v_sequences IS NOT NULL THEN
+    PERFORM setval(s.rel, s.last_value, s.seen IS NOT NULL)
+    FROM unnest(v_sequences) q,
+         LATERAL (SELECT s.rel, s.last_value, s.seen FROM pgtemplate.sequences s
+                  WHERE s.rel = q OFFSET 0) s;
+    DELETE FROM pgtemplate.ddl WHERE kind = 'sequence';  -- ALTER SEQUENCE ... RESTART's mark
+  END IF;
+  RETURN true;
+END $restore$;
+"""
+
+
+CALL_CHECK = "CALL pgtemplate.check($1, $2, $3, $4)"
 """Returns one row: ``kinds``, ``rels``, ``details`` (the query's rows as arrays), ``upto`` (the
-WAL read up to: the next check's start) and ``wal`` (false: every sequence was compared)."""
+WAL read up to: the next check's start) and ``wal`` (false: every sequence was compared). The
+fourth argument: restore what it can (``create_restore_in_check``)."""
 
 
 def create_wal_marks(walinspect_schema: str, unlogged: Sequence[int] = ()) -> str:
@@ -269,13 +361,17 @@ def create_wal_marks(walinspect_schema: str, unlogged: Sequence[int] = ()) -> st
     marks an index and fires no event trigger): only then is ``pg_index`` read.
     """
     check = _render(
-        True, _WAL_SEQUENCES, "v_moved IS NOT NULL", "p_databases", "v_moved IS NULL OR v_index"
+        True,
+        _WAL_SEQUENCES,
+        "v_moved IS NOT NULL",
+        "p_databases",
+        index_written="v_moved IS NULL OR v_index",
     )
     unlogged_oids = "{" + ",".join(str(oid) for oid in sorted(unlogged)) + "}"
     return rf"""
 CREATE SEQUENCE pgtemplate.flush;
 CREATE PROCEDURE pgtemplate.check(
-  p_from pg_lsn, p_budget bigint, p_databases boolean,
+  p_from pg_lsn, p_budget bigint, p_databases boolean, p_restore boolean,
   INOUT kinds text[] DEFAULT NULL, INOUT rels oid[] DEFAULT NULL,
   INOUT details text[] DEFAULT NULL, INOUT upto pg_lsn DEFAULT NULL,
   INOUT wal boolean DEFAULT NULL)
@@ -348,6 +444,13 @@ BEGIN
       details := details || CASE WHEN v_kinds[v_i] = 'sequence' THEN NULL ELSE v_details[v_i] END;
     END LOOP;
   END IF;
+  -- Once those are known (a restore's own setval() writes WAL the next check reads: they are
+  -- met there), what was found is restored here where it can be (create_restore_in_check).
+  IF p_restore AND cardinality(kinds) > 0 AND pgtemplate.restore_found(kinds, rels, details) THEN
+    kinds := kinds || 'restored'::text;
+    rels := rels || NULL::oid;
+    details := details || NULL::text;
+  END IF;
 END $check$;
 """
 
@@ -361,6 +464,7 @@ def tracking_digest() -> str:
         CREATE_EVENT_TRIGGERS,
         mark_trigger("t"),
         create_wal_marks("s", (1,)),
-        check_query(True, all_sequences=True, databases=True),
+        create_restore_in_check(1),
+        check_query(True, all_sequences=True, databases=True, restore=True),
     ]
     return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]

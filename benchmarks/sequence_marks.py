@@ -4,13 +4,14 @@
 
 ``reset_overhead.py`` interleaves about forty backends, every size and column at once; their
 caches evict each other's, which buries a difference of a millisecond under the cost of a cold
-backend. Here each size runs alone with four clones, as a worker of a suite would see it: the
+backend. Here each size runs alone with five clones, as a worker of a suite would see it: the
 floor (an untracked template's clone, the bare body), the tracked clone whose check after a test
 reads moved sequences from the WAL (whatever the number of sequences: the plugin does so from
-WAL_MIN_SEQUENCES on), the same tracking comparing every sequence, and the plugin's own choice of
-the two. A figure is the check before + the body + reset("restore"), minus the same round's
-floor, ms, min / median / max; for the plugin's own choice, the body + reset("restore") only (a
-test right after another's reset starts without the check), with issue 16's targets.
+WAL_MIN_SEQUENCES on), the same tracking comparing every sequence, the plugin's own choice of
+the two, and that choice with the restore planned by the client (not inside the check). A figure
+is the check before + the body + reset("restore"), minus the same round's floor, ms, min /
+median / max; for the plugin's own choice (both forms), the body + reset("restore") only (a test
+right after another's reset starts without the check), with issue 16's targets.
 
 Without --url the plugin's own server runs it. Databases are ``pgtemplate_bench_*``, dropped at
 the end. The report is printed and written to SEQUENCE_MARKS.md.
@@ -48,7 +49,10 @@ from reset_overhead_report import bound, cell, ratio
 PLUGIN = "as the plugin runs it, right after a reset"
 """The plugin's own choice (the WAL from WAL_MIN_SEQUENCES on), no check before the test: what
 a test pays that directly follows another's reset, as most tests of a suite do."""
-MODES = ("floor", "from the WAL", "every sequence compared", PLUGIN)
+CLIENT = "the same, restored by the client"
+"""The plugin's own choice with the restore planned by the client, as before the check restored
+plain changes itself (``Resetter.restore_in_check``)."""
+MODES = ("floor", "from the WAL", "every sequence compared", PLUGIN, CLIENT)
 CASES = ("nothing changed", "3 tables", "rolled-back insert", "bare nextval()")
 Samples = dict[tuple[int, str, str], list[float]]
 
@@ -72,8 +76,9 @@ async def clones(
                 resetter = await open_resetter(
                     server.dsn(name), name, TIMEOUT, Known(layout, known.settings)
                 )
-            if mode != PLUGIN:
+            if mode not in (PLUGIN, CLIENT):
                 resetter.wal_min_sequences = 0
+            resetter.restore_in_check = mode != CLIENT
             server.connections.append(resetter.conn)
         found[mode] = (await server.connect(name, True), resetter)
     return found
@@ -92,7 +97,7 @@ async def measure(server: Server, tables: int, rounds: int, samples: Samples) ->
             for mode in order:
                 test, resetter = workers[mode]
                 started = time.perf_counter()
-                if resetter is not None and mode != PLUGIN:
+                if resetter is not None and mode not in (PLUGIN, CLIENT):
                     checked(await resetter.ensure_pristine(), before=True)
                 await test.execute(";".join(bodies[case]))
                 if resetter is not None:
@@ -119,16 +124,17 @@ def report(samples: Samples, tables: list[int], rounds: int, url: str) -> str:
             " ".join(["python benchmarks/sequence_marks.py", *sys.argv[1:]]),
             url,
         ),
-        f"- {rounds} rounds after {WARM_UP} warm-up rounds; one size at a time, four clones",
+        f"- {rounds} rounds after {WARM_UP} warm-up rounds; one size at a time, five clones",
         f"- The plugin reads the WAL from {WAL_MIN_SEQUENCES} sequences on (one per table here)",
         "",
         "ms over the floor (the check before + body + reset('restore'), minus the same round's",
-        "bare body on an untracked clone), min / median / max; the last column: body +",
-        "reset('restore') with the plugin's own choice of the two, no check before:",
+        "bare body on an untracked clone), min / median / max; the last two columns: body +",
+        "reset('restore') with the plugin's own choice of the two, no check before, and the same",
+        "with the restore planned by the client instead of done inside the check:",
         "",
         "| case | tables | floor ms | from the WAL | every sequence compared | median saved "
-        f"| {PLUGIN} |",
-        "|---|---|---|---|---|---|---|",
+        f"| {PLUGIN} | {CLIENT} |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         for size in tables:
@@ -141,7 +147,7 @@ def report(samples: Samples, tables: list[int], rounds: int, url: str) -> str:
             saved = statistics.median(every) - statistics.median(wal)
             lines.append(
                 f"| {case} | {size} | {statistics.median(floor):.2f} | {cell(wal)} | "
-                f"{cell(every)} | {saved:.2f} | {cell(over[PLUGIN])} |"
+                f"{cell(every)} | {saved:.2f} | {cell(over[PLUGIN])} | {cell(over[CLIENT])} |"
             )
     return "\n".join([*lines, "", *_targets(samples, tables)]) + "\n"
 

@@ -4,8 +4,9 @@ A reset: one query (``sql.check_query``; after a test with WAL marks, the proced
 ``sql.CALL_CHECK`` runs it); if another connection is still inside a transaction, it gets a
 grace to finish (an active query and one idle in its transaction alike) and is ended after it;
 a prepared transaction left behind is rolled back; then the restore undoes what the marks name,
-in one transaction. When a test changed the schema nothing is
-restored: the caller replaces the database with a fresh clone.
+in one transaction (after a test, as superuser, the check's own statement did so already when
+it found only rows of small tables and moved sequences). When a test changed the schema nothing
+is restored: the caller replaces the database with a fresh clone.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ template for free and never mixes with the application's objects. What it record
   written than comparing every sequence would cost to read, it compares every sequence.
 
 One query (``check_query``, or the procedure, which runs the same query) answers what changed,
-in one round trip; the restore itself is planned by the client.
+in one round trip; after a test, as superuser, it also restores what a typical test leaves
+(``create_restore_in_check``), and the client plans the restore of everything else.
 """
 
 from __future__ import annotations

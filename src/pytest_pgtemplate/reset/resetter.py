@@ -158,10 +158,14 @@ async def _layout(conn: asyncpg.Connection, database: str) -> Layout:
 
 
 async def _record_fresh(conn: asyncpg.Connection, database: str) -> tuple[str, ...]:
+    """Every row of a clone no test touched is a seed row: the rows a test writes from here on
+    are newer than the oldest transaction running now (``sql.ROWS_SINCE``)."""
     await conn.execute(
         "UPDATE pgtemplate.state SET value = CASE key WHEN 'settings' THEN pgtemplate.settings()"
-        f" WHEN 'database' THEN ({sql.DATABASE}) ELSE pg_current_xact_id()::text END"
-        " WHERE key IN ('settings', 'databases_seen', 'database')"
+        f" WHEN 'database' THEN ({sql.DATABASE})"
+        f" WHEN '{sql.ROWS_SINCE}' THEN pg_snapshot_xmin(pg_current_snapshot())::text"
+        " ELSE pg_current_xact_id()::text END"
+        f" WHERE key IN ('settings', 'databases_seen', 'database', '{sql.ROWS_SINCE}')"
     )
     return tuple(settings_statements(database, await conn.fetch(_SETTINGS)))
 

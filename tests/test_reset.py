@@ -847,26 +847,34 @@ async def test_the_check_after_a_test_restores_the_plain_cases_itself(
     its rows in audit_log are the test's), seed rows, a partitioned parent and one of its
     leaves both marked, an inheritance parent, moved sequences: the check restores them in its
     own statement (the clean fixture compares everything with the template after)."""
-    with sequences_compared(clean.resetter, compared):
-        await clean.test.execute(
-            "INSERT INTO customer (email, region_id) VALUES ('new@x.org', 1);"
-            "DELETE FROM app.country WHERE code = 'it';"
-            "UPDATE event_1 SET payload = 'changed';"
-            "INSERT INTO event (kind, payload) VALUES (1, 'through the parent');"
-            "UPDATE animal SET name = 'renamed'; SELECT nextval('app.invoice_number')"
-        )
-        outcome = await clean.resetter.reset("restore")
-    assert outcome.stats is not None
-    assert outcome.stats.in_check
-    assert set(outcome.stats.tables_emptied) >= {
+    stats = await restored_in_check(
+        clean,
+        compared,
+        "INSERT INTO customer (email, region_id) VALUES ('new@x.org', 1);"
+        "DELETE FROM app.country WHERE code = 'it';"
+        "UPDATE event_1 SET payload = 'changed';"
+        "INSERT INTO event (kind, payload) VALUES (1, 'through the parent');"
+        "UPDATE animal SET name = 'renamed'; SELECT nextval('app.invoice_number')",
+    )
+    assert set(stats.tables_emptied) >= {
         "app.country",
         "public.audit_log",
         "public.customer",
         "public.dog",
         "public.event_1",
     }
-    assert {"app.invoice_number", "public.customer_id_seq"} <= set(outcome.stats.sequences_reset)
+    assert {"app.invoice_number", "public.customer_id_seq"} <= set(stats.sequences_reset)
     assert await clean.test.fetchval("SELECT count(*) FROM pgtemplate.dirty") == 0, "no mark left"
+
+
+async def restored_in_check(clean: World, compared: bool, work: str) -> RestoreStats:
+    """``work`` by the test, then the reset after it, which the check must have restored."""
+    with sequences_compared(clean.resetter, compared):
+        await clean.test.execute(work)
+        outcome = await clean.resetter.reset("restore")
+    assert outcome.stats is not None
+    assert outcome.stats.in_check
+    return outcome.stats
 
 
 @pytest.mark.parametrize("compared", [False, True], ids=["procedure", "plain query"])
@@ -877,16 +885,14 @@ async def test_the_check_after_a_test_leaves_the_seed_rows_it_did_not_touch_in_p
     seed rows it misses: an untouched seed row keeps its place (its ctid), twice in a row."""
     for _ in range(2):
         place = await clean.test.fetchval("SELECT ctid::text FROM app.country WHERE code = 'de'")
-        with sequences_compared(clean.resetter, compared):
-            await clean.test.execute(
-                "UPDATE app.country SET name = 'Francia' WHERE code = 'fr';"
-                "DELETE FROM app.country WHERE code = 'it';"
-                "INSERT INTO app.country VALUES ('zz', 'Nowhere')"
-            )
-            outcome = await clean.resetter.reset("restore")
-        assert outcome.stats is not None
-        assert outcome.stats.in_check
-        assert "app.country" in outcome.stats.tables_emptied
+        stats = await restored_in_check(
+            clean,
+            compared,
+            "UPDATE app.country SET name = 'Francia' WHERE code = 'fr';"
+            "DELETE FROM app.country WHERE code = 'it';"
+            "INSERT INTO app.country VALUES ('zz', 'Nowhere')",
+        )
+        assert "app.country" in stats.tables_emptied
         rows = await clean.test.fetch("SELECT code, name FROM app.country ORDER BY code")
         assert [tuple(r) for r in rows] == [("de", "Germany"), ("fr", "France"), ("it", "Italy")]
         assert (

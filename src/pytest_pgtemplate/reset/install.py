@@ -321,6 +321,7 @@ async def _store(conn: asyncpg.Connection, layout: Layout) -> None:
     await conn.execute(
         "INSERT INTO pgtemplate.state SELECT k, pg_current_xact_id()::text"
         f" FROM unnest(ARRAY['ref', 'databases_seen', '{sql.ROWS_SINCE}']) k"
+        f" UNION ALL SELECT '{sql.ROWS_BY}', '0'"
     )
 
 

@@ -164,8 +164,9 @@ async def _record_fresh(conn: asyncpg.Connection, database: str) -> tuple[str, .
         "UPDATE pgtemplate.state SET value = CASE key WHEN 'settings' THEN pgtemplate.settings()"
         f" WHEN 'database' THEN ({sql.DATABASE})"
         f" WHEN '{sql.ROWS_SINCE}' THEN pg_snapshot_xmin(pg_current_snapshot())::text"
-        " ELSE pg_current_xact_id()::text END"
-        f" WHERE key IN ('settings', 'databases_seen', 'database', '{sql.ROWS_SINCE}')"
+        f" WHEN '{sql.ROWS_BY}' THEN '0' ELSE pg_current_xact_id()::text END"
+        " WHERE key IN ('settings', 'databases_seen', 'database',"
+        f" '{sql.ROWS_SINCE}', '{sql.ROWS_BY}')"
     )
     return tuple(settings_statements(database, await conn.fetch(_SETTINGS)))
 

@@ -42,6 +42,9 @@ ROWS_SINCE = "rows_since"
 not have seen restored: a row of a seeded table written by it or a later one is a test's, every
 older row a seed row. Set when a clone is opened, and by a restore inside the check to that
 check's snapshot horizon (older transactions had all finished: their marks were read)."""
+ROWS_BY = "rows_by"
+"""The key of the transaction of the last restore inside the check: the seed rows it put back
+are newer than its own horizon, yet seed rows (0 when there was none)."""
 
 CREATE_SCHEMA = r"""
 CREATE SCHEMA pgtemplate;
@@ -292,8 +295,8 @@ def create_restore_in_check(truncate_above: int) -> str:
     since ``ROWS_SINCE`` and gets back the seed rows it misses (``diff_empty``, ``diff_refill``):
     emptied and refilled whole at every restore, a table grew by its seed each time (space a
     DELETE frees is reused only after a VACUUM), until it was big enough to be TRUNCATEd with
-    every table referring to it, 0.2 s on a stock server. ``p_horizon``: the check's snapshot's
-    xmin."""
+    every table referring to it (``benchmarks/seed_growth.py``). ``p_horizon``: the check's
+    snapshot's xmin."""
     return rf"""
 CREATE FUNCTION pgtemplate.restore_found(
   p_kinds text[], p_rels oid[], p_details text[], p_horizon xid8)
@@ -306,6 +309,7 @@ DECLARE
   v_empty text[];
   v_refill text[];
   v_since xid;
+  v_by xid;
   v_i int;
 BEGIN
   IF NOT (p_kinds <@ '{{table,sequence}}'::text[])
@@ -342,20 +346,24 @@ BEGIN
     IF EXISTS (SELECT FROM unnest(v_refill) r WHERE r IS NOT NULL) THEN
       -- Seeded leaves lose only the rows written since ('{ROWS_SINCE}'), then get back the
       -- seed rows they miss: a guard, should that point ever be unknown or far behind.
-      SELECT value::xid8::xid INTO v_since FROM pgtemplate.state WHERE key = '{ROWS_SINCE}';
-      IF v_since IS NULL OR age(v_since) > 1000000000 THEN
+      SELECT max(value) FILTER (WHERE key = '{ROWS_SINCE}')::xid8::xid,
+             max(value) FILTER (WHERE key = '{ROWS_BY}')::xid8::xid
+      INTO v_since, v_by FROM pgtemplate.state WHERE key IN ('{ROWS_SINCE}', '{ROWS_BY}');
+      IF v_since IS NULL OR v_by IS NULL OR age(v_since) > 1000000000 THEN
         RETURN false;
       END IF;
     END IF;
     FOR v_i IN 1 .. coalesce(array_length(v_leaves, 1), 0) LOOP
-      EXECUTE v_empty[v_i] USING v_since;
+      EXECUTE v_empty[v_i] USING v_since, v_by;
       IF v_refill[v_i] IS NOT NULL THEN
         EXECUTE v_refill[v_i];
       END IF;
     END LOOP;
     DELETE FROM pgtemplate.dirty WHERE rel = ANY (v_marked || coalesce(v_leaves, '{{}}'));
     IF v_since IS NOT NULL THEN
-      UPDATE pgtemplate.state SET value = p_horizon::text WHERE key = '{ROWS_SINCE}';
+      UPDATE pgtemplate.state
+      SET value = CASE key WHEN '{ROWS_SINCE}' THEN p_horizon ELSE pg_current_xact_id() END::text
+      WHERE key IN ('{ROWS_SINCE}', '{ROWS_BY}');
     END IF;
   END IF;
   IF v_sequences IS NOT NULL THEN
@@ -371,9 +379,10 @@ END $restore$;
 
 
 def diff_empty(table: str) -> str:
-    """A seeded leaf's rows written since ``$1`` (``ROWS_SINCE``): the test's, inserted or the
-    new versions of what it updated."""
-    return f"DELETE FROM ONLY {table} WHERE age(xmin) <= age($1::xid)"
+    """A seeded leaf's rows written since ``$1`` (``ROWS_SINCE``) but by the last restore ``$2``
+    (``ROWS_BY``): the test's, inserted or the new versions of what it updated. A seed row put
+    back once is not written again at every later restore."""
+    return f"DELETE FROM ONLY {table} WHERE age(xmin) <= age($1::xid) AND xmin <> $2::xid"
 
 
 def diff_refill(

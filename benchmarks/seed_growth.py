@@ -8,7 +8,8 @@ the last restore and gets back the seed rows it misses), and the same clone with
 ``pgtemplate.tables`` statements set back to a whole refill (every seed row deleted and copied
 back at each restore), as before a1e8c53. The test is the real suite's (``make
 bench-real-suite``): a customer, an order and two lines, committed, into seeded tables (10, 20
-and 40 rows); ``--fillers`` more tables refer to the lines, as the real suite's other tables do,
+and 40 rows), and in every fourth test a change to a seed line; ``--fillers`` more tables refer
+to the lines, as the real suite's other tables do,
 so a TRUNCATE of the lines takes them along. Reported per block of 100 tests: the reset's median
 and max (ms), how many resets the client did (the check leaves a table above 512 kB to it), and
 the lines table's size with its key (kB). Without --url the plugin's own server runs it.
@@ -42,6 +43,13 @@ BODY = (
     " INSERT INTO line (order_id, amount) VALUES (currval('orders_id_seq'), 1),"
     " (currval('orders_id_seq'), 2); COMMIT"
 )
+
+
+def body(number: int) -> str:
+    """Every fourth test also changes a seed row, as a quarter of the real suite's do."""
+    if number % 4:
+        return BODY
+    return f"UPDATE line SET amount = amount + 1 WHERE id = {1 + number // 4 % 40}; {BODY}"
 
 
 def schema(fillers: int) -> str:
@@ -103,7 +111,7 @@ async def measure(server: Server, tests: int, fillers: int) -> dict[str, list[Bl
     blocks: dict[str, list[Block]] = {mode: [Block()] for mode in MODES}
     for number in range(1, tests + 1):
         for mode, (resetter, test) in clones.items():
-            await test.execute(BODY)
+            await test.execute(body(number))
             started = time.perf_counter()
             outcome = await resetter.reset("restore")
             block = blocks[mode][-1]

@@ -319,6 +319,11 @@ STEPS: list[tuple[int, Step]] = [
     (1, lambda r: "UPDATE animal SET name = 'renamed'"),
     (1, lambda r: "REFRESH MATERIALIZED VIEW country_count"),
     (1, lambda r: "SELECT lo_from_bytea(0, 'blob')"),
+    # A seed row's key changed, a seed row replaced by another of the same key.
+    (1, lambda r: f"UPDATE app.country SET code = 'i{r.randrange(9)}' WHERE code = 'it'"),
+    (1, lambda r: f"UPDATE category SET id = {r.randrange(100, 199)} WHERE id = 2"),
+    (1, lambda r: "DELETE FROM app.country WHERE code = 'it'; "
+                  "INSERT INTO app.country VALUES ('it', 'Italia')"),
     (2, lambda r: f"INSERT INTO team VALUES ({(n := r.randrange(2, 99))}, NULL); "
                   f"INSERT INTO player VALUES ({n + 100}, {n}); "
                   f"UPDATE team SET captain_id = {n + 100} WHERE id = {n}"),

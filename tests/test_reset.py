@@ -31,7 +31,7 @@ from pytest_pgtemplate.errors import ResetError
 from pytest_pgtemplate.naming import DatabaseTag, quote_literal
 from pytest_pgtemplate.reset.install import install
 from pytest_pgtemplate.reset.resetter import Known, ResetOutcome, Resetter, open_resetter
-from pytest_pgtemplate.reset.restore import RestoreStats, restore
+from pytest_pgtemplate.reset.restore import TRUNCATE_ABOVE_BYTES, RestoreStats, restore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 SERVER_URL = os.environ.get("PGTEMPLATE_TEST_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -935,6 +935,40 @@ async def test_a_seeded_table_does_not_grow_with_the_number_of_restores() -> Non
         grown = await test.fetchval("SELECT pg_relation_size('item')") - start
         assert grown <= 4 * 8192, f"item grew by {grown} bytes over 40 restores"
         assert await test.fetchval("SELECT count(*) FROM item WHERE name LIKE 'seed%'") == 300
+
+
+async def test_a_big_seeded_table_is_restored_in_the_check_without_a_truncate() -> None:
+    """A seeded table past TRUNCATE_ABOVE_BYTES (its seed alone) that a test barely touched: the
+    check restores it, leaving its seed rows in place, instead of the client TRUNCATEing it and
+    the table referring to it, and copying every seed row back. What it grew by since the build
+    is what counts."""
+    schema = (
+        "CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL);"
+        "INSERT INTO item SELECT g, 'seed item ' || repeat('x', 60) || g"
+        " FROM generate_series(1, 20000) g;"
+        "CREATE TABLE purchase (id serial PRIMARY KEY, item_id int REFERENCES item)"
+    )
+    async with clone_of(schema) as (resetter, test):
+        if not resetter.layout.superuser:
+            pytest.skip("the restore inside the check needs a superuser")
+        files = "SELECT array[pg_relation_filenode('item'), pg_relation_filenode('purchase')]"
+        before = await test.fetchval(files)
+        assert await test.fetchval("SELECT pg_relation_size('item')") > TRUNCATE_ABOVE_BYTES
+        await test.execute(
+            "UPDATE item SET name = 'changed' WHERE id = 7; DELETE FROM item WHERE id = 8;"
+            "INSERT INTO item VALUES (20001, 'new'); INSERT INTO purchase (item_id) VALUES (1)"
+        )
+        outcome = await resetter.reset("restore")
+        assert outcome.stats is not None
+        assert outcome.stats.in_check
+        assert outcome.stats.truncated == ()
+        assert await test.fetchval(files) == before, "a table was TRUNCATEd"
+        assert await test.fetchval("SELECT count(*) FROM item") == 20000
+        assert await test.fetchval("SELECT name FROM item WHERE id = 7") == (
+            "seed item " + "x" * 60 + "7"
+        )
+        assert await test.fetchval("SELECT count(*) FROM item WHERE id = 8") == 1
+        assert await test.fetchval("SELECT count(*) FROM purchase") == 0
 
 
 CLIENT_RESTORES = {

@@ -11,6 +11,7 @@ and foreign keys are checked as the rows go back (deferrable ones at the commit)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -158,9 +159,9 @@ async def restore(
     if stale or (changes.large_objects and layout.large_objects_acl):
         what = f"materialized view {stale[0]}" if stale else "large objects with an ACL"
         raise ResetError(f"a REFRESH of a {what} cannot be undone exactly; recreate it")
+    if changes.restored:  # the check did it, in its own statement: no TRUNCATE, the leaves only
+        return _stats(layout, changes, plan(layout, changes, truncate_above=sys.maxsize))
     the_plan = plan(layout, changes, truncate_above)
-    if changes.restored:  # the check did it, in its own statement
-        return _stats(layout, changes, the_plan)
     head, tail = script(layout, changes, the_plan, settings)
     try:
         if watch.catalog is None:

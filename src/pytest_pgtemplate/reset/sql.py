@@ -54,7 +54,8 @@ CREATE UNLOGGED TABLE pgtemplate.dirty (rel oid NOT NULL);  -- no key: a mark ne
 CREATE UNLOGGED TABLE pgtemplate.ddl (kind text NOT NULL, rel oid, what text NOT NULL);
 CREATE TABLE pgtemplate.tables (
   rel oid PRIMARY KEY, leaves oid[] NOT NULL, sequences oid[] NOT NULL,
-  rank int NOT NULL, empty text, refill text);  -- empty: NULL where the check may not restore
+  rank int NOT NULL, empty text, refill text,  -- empty: NULL where the check may not restore
+  allowance bigint NOT NULL);  -- bytes of its leaves at build a restore need not write again
 CREATE TABLE pgtemplate.sequences (
   rel oid PRIMARY KEY, seen bigint, options text NOT NULL, logged boolean NOT NULL,
   last_value bigint NOT NULL);  -- seen is NULL while is_called is false: last_value tells
@@ -285,8 +286,10 @@ def check_query(
 
 def create_restore_in_check(truncate_above: int) -> str:
     """``pgtemplate.restore_found``: what the check after a test found, restored in the check's
-    own statement, one round trip instead of two. Only the plain cases: marked tables of at most
-    ``truncate_above`` bytes, each leaf with its statements recorded at build (none for a table
+    own statement, one round trip instead of two. Only the plain cases: marked tables grown by
+    at most ``truncate_above`` bytes since the build (``pgtemplate.tables.allowance``: the size
+    at build of the leaves it does not refill whole), each leaf with its statements recorded at
+    build (none for a table
     whose triggers or rules fire as replica: the client switches those off around its restore),
     and moved sequences; the session is replica, so foreign keys stay quiet. For anything else
     (another kind of change, a bigger table, a table created since) it does nothing and returns
@@ -316,9 +319,13 @@ BEGIN
      OR current_setting('session_replication_role') <> 'replica' THEN
     RETURN false;
   END IF;
+  -- Big: what a table's leaves grew by since the build (their seed rows with a key are left in
+  -- place, not written again) is past the size the client TRUNCATEs at.
   SELECT array_agg(u.r) FILTER (WHERE u.k = 'table'),
          array_agg(u.r) FILTER (WHERE u.k = 'sequence'),
-         coalesce(bool_or(u.k = 'table' AND u.d::bigint > {truncate_above}), false)
+         coalesce(bool_or(u.k = 'table' AND u.d::bigint - (
+           SELECT t.allowance FROM pgtemplate.tables t WHERE t.rel = u.r) > {truncate_above}),
+           false)
   INTO v_marked, v_sequences, v_big
   FROM unnest(p_kinds, p_rels, p_details) AS u(k, r, d);
   IF v_big THEN

@@ -1,6 +1,6 @@
 """Seeded tables over a long run: the restore of only what a test wrote, against a whole refill.
 
-    python benchmarks/seed_growth.py [--tests N] [--fillers N] [--url URL] [--quick]
+    python benchmarks/seed_growth.py [--tests N] [--fillers N] [--lines N] [--url URL] [--quick]
 
 Two clones of one template, a test's writes alternating between them: the plugin's restore
 inside the check as it is (a seeded table with a primary key loses only the rows written since
@@ -8,8 +8,9 @@ the last restore and gets back the seed rows it misses), and the same clone with
 ``pgtemplate.tables`` statements set back to a whole refill (every seed row deleted and copied
 back at each restore), as before a1e8c53. The test is the real suite's (``make
 bench-real-suite``): a customer, an order and two lines, committed, into seeded tables (10, 20
-and 40 rows), and in every fourth test a change to a seed line; ``--fillers`` more tables refer
-to the lines, as the real suite's other tables do, so a TRUNCATE of the lines takes them along.
+and ``--lines`` rows), and in every fourth test a change to a seed line; ``--fillers`` more
+tables refer to the lines, as the real suite's other tables do, so a TRUNCATE of the lines takes
+them along.
 Reported per block of 100 tests: the reset's median and max (ms), how many resets the client
 did (the check leaves a table above 512 kB to it), and the lines table's size with its key
 (kB). Without --url the plugin's own server runs it. Databases are ``pgtemplate_bench_*``,
@@ -44,14 +45,14 @@ BODY = (
 )
 
 
-def body(number: int) -> str:
+def body(number: int, lines: int) -> str:
     """Every fourth test also changes a seed row, as a quarter of the real suite's do."""
     if number % 4:
         return BODY
-    return f"UPDATE line SET amount = amount + 1 WHERE id = {1 + number // 4 % 40}; {BODY}"
+    return f"UPDATE line SET amount = amount + 1 WHERE id = {1 + number // 4 % lines}; {BODY}"
 
 
-def schema(fillers: int) -> str:
+def schema(fillers: int, lines: int) -> str:
     tables = [
         "CREATE TABLE customer (id serial PRIMARY KEY, name text NOT NULL)",
         "CREATE TABLE orders (id serial PRIMARY KEY, customer_id int REFERENCES customer)",
@@ -63,7 +64,8 @@ def schema(fillers: int) -> str:
         ),
         "INSERT INTO customer (name) SELECT 'seed customer ' || g FROM generate_series(1, 10) g",
         "INSERT INTO orders (customer_id) SELECT 1 + g % 10 FROM generate_series(0, 19) g",
-        "INSERT INTO line (order_id, amount) SELECT 1 + g % 20, g FROM generate_series(0, 39) g",
+        "INSERT INTO line (order_id, amount) SELECT 1 + g % 20, g"
+        f" FROM generate_series(0, {lines - 1}) g",
     ]
     return ";\n".join(tables)
 
@@ -75,11 +77,11 @@ class Block:
     size_kb: int = 0
 
 
-async def template(server: Server, fillers: int) -> str:
+async def template(server: Server, fillers: int, lines: int) -> str:
     name = new_name(server)
     await server.admin.execute(f'CREATE DATABASE "{name}"')
     build = await server.connect(name, True)
-    await build.execute(schema(fillers))
+    await build.execute(schema(fillers, lines))
     await install(build)
     await build.close()
     await mark_finished(server.admin, name)
@@ -87,18 +89,20 @@ async def template(server: Server, fillers: int) -> str:
 
 
 async def whole_refill(resetter: Resetter) -> None:
-    """This clone's restore inside the check refills seeded tables whole, as before a1e8c53."""
+    """This clone's restore inside the check refills seeded tables whole, and leaves a table
+    past 512 kB to the client's TRUNCATE, as before a1e8c53."""
     for table in resetter.layout.tables:
         if table.seed and table.kind == "r":
             await resetter.conn.execute(
                 "BEGIN; SET LOCAL pgtemplate.restoring = 'on';"
                 f" UPDATE pgtemplate.tables SET empty = 'DELETE FROM ONLY {table.name}',"
-                f" refill = $${refill_statement(table)}$$ WHERE rel = {table.oid}; COMMIT"
+                f" refill = $${refill_statement(table)}$$, allowance = 0"
+                f" WHERE rel = {table.oid}; COMMIT"
             )
 
 
-async def measure(server: Server, tests: int, fillers: int) -> dict[str, list[Block]]:
-    name = await template(server, fillers)
+async def measure(server: Server, tests: int, fillers: int, lines: int) -> dict[str, list[Block]]:
+    name = await template(server, fillers, lines)
     clones: dict[str, tuple[Resetter, asyncpg.Connection]] = {}
     for mode in MODES:
         clone = await clone_worker(server, name, True)
@@ -110,7 +114,7 @@ async def measure(server: Server, tests: int, fillers: int) -> dict[str, list[Bl
     blocks: dict[str, list[Block]] = {mode: [Block()] for mode in MODES}
     for number in range(1, tests + 1):
         for mode, (resetter, test) in clones.items():
-            await test.execute(body(number))
+            await test.execute(body(number, lines))
             started = time.perf_counter()
             outcome = await resetter.reset("restore")
             block = blocks[mode][-1]
@@ -130,15 +134,18 @@ async def measure(server: Server, tests: int, fillers: int) -> dict[str, list[Bl
     return blocks
 
 
-def report(blocks: dict[str, list[Block]], tests: int, fillers: int, url: str) -> str:
+def report(
+    blocks: dict[str, list[Block]], tests: int, fillers: int, seed_lines: int, url: str
+) -> str:
     command = " ".join(["python benchmarks/seed_growth.py", *sys.argv[1:]])
-    lines = [
+    out = [
         *header(
             "Seeded tables over a long run: only what the test wrote vs a whole refill",
             command,
             url,
         ),
-        f"- {tests} tests on each clone, alternating; {fillers} tables refer to the lines",
+        f"- {tests} tests on each clone, alternating; {seed_lines} seed lines;"
+        f" {fillers} tables refer to the lines",
         "",
         "Per block of 100 tests: reset median / max ms, resets the client did, size of the",
         "lines table and its key at the block's end (kB):",
@@ -154,20 +161,21 @@ def report(blocks: dict[str, list[Block]], tests: int, fillers: int, url: str) -
                 f"{statistics.median(b.resets):.2f} / {max(b.resets):.1f} ms, "
                 f"{b.by_client} by the client, {b.size_kb} kB"
             )
-        lines.append(f"| {index * BLOCK + 1}-{(index + 1) * BLOCK} | " + " | ".join(cells) + " |")
+        out.append(f"| {index * BLOCK + 1}-{(index + 1) * BLOCK} | " + " | ".join(cells) + " |")
     for mode in MODES:
         every = [r for b in blocks[mode] for r in b.resets]
-        lines.append(
+        out.append(
             f"\n- {mode}: all {len(every)} resets {sum(every):.0f} ms in all, median"
             f" {statistics.median(every):.2f}, max {max(every):.1f}"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=1000, help="tests on each clone (1000)")
     parser.add_argument("--fillers", type=int, default=97, help="tables referring to lines (97)")
+    parser.add_argument("--lines", type=int, default=40, help="seed rows of the lines table (40)")
     parser.add_argument("--url", help="a server (default: the plugin's own)")
     parser.add_argument(
         "--quick", action="store_true", help="100 tests, 3 fillers, printed only (CI's smoke run)"
@@ -178,10 +186,10 @@ def main() -> None:
 
     def work(url: str, own: bool) -> str:
         async def run(server: Server, _: object) -> dict[str, list[Block]]:
-            return await measure(server, args.tests, args.fillers)
+            return await measure(server, args.tests, args.fillers, args.lines)
 
         blocks = asyncio.run(on_server(url, own, run))
-        return report(blocks, args.tests, args.fillers, url)
+        return report(blocks, args.tests, args.fillers, args.lines, url)
 
     text = with_server(args.url, work)
     print(text, end="")

@@ -598,12 +598,16 @@ async def test_with_wal_marks_no_wal_written_means_nothing_flushed_or_read(clean
 
 
 async def _flushes(conn: asyncpg.Connection, since: int) -> int:
-    """The check's own flushes since ``since``: each writes the sequence pgtemplate.flush."""
+    """This database's check's flushes since ``since``: each writes its sequence pgtemplate.flush
+    (every clone of a template has one under the same file number: the database tells them
+    apart)."""
     return int(
         await conn.fetchval(
             "SELECT count(*)"
-            " FROM pgtemplate.pg_get_wal_records_info($1, pg_current_wal_flush_lsn())"
+            " FROM pgtemplate.pg_get_wal_records_info($1, pg_current_wal_flush_lsn()),"
+            " (SELECT oid FROM pg_database WHERE datname = current_database()) d"
             " WHERE resource_manager = 'Sequence'"
+            " AND split_part(description, '/', 2) = d.oid::text"
             " AND split_part(description, '/', 3) = pg_relation_filenode('pgtemplate.flush')::text",
             since,
         )
@@ -872,14 +876,19 @@ async def test_the_check_after_a_test_restores_the_plain_cases_itself(
     assert await clean.test.fetchval("SELECT count(*) FROM pgtemplate.dirty") == 0, "no mark left"
 
 
+async def reset_in_check(resetter: Resetter) -> RestoreStats:
+    """The reset after a test, which the check must have restored itself."""
+    outcome = await resetter.reset("restore")
+    assert outcome.stats is not None
+    assert outcome.stats.in_check
+    return outcome.stats
+
+
 async def restored_in_check(clean: World, compared: bool, work: str) -> RestoreStats:
     """``work`` by the test, then the reset after it, which the check must have restored."""
     with sequences_compared(clean.resetter, compared):
         await clean.test.execute(work)
-        outcome = await clean.resetter.reset("restore")
-    assert outcome.stats is not None
-    assert outcome.stats.in_check
-    return outcome.stats
+        return await reset_in_check(clean.resetter)
 
 
 @pytest.mark.parametrize("compared", [False, True], ids=["procedure", "plain query"])
@@ -909,29 +918,36 @@ async def test_the_check_after_a_test_leaves_the_seed_rows_it_did_not_touch_in_p
     assert await clean.test.fetchval(places) == after, "a seed row put back was written again"
 
 
-async def test_a_seeded_table_does_not_grow_with_the_number_of_restores() -> None:
-    """Emptied and refilled whole at every restore, a seeded table grew by its seed rows each
-    time (the space a DELETE frees is reused only after a VACUUM, which a test run does not
-    wait for), until it passed TRUNCATE_ABOVE_BYTES and was TRUNCATEd with every table that
-    refers to it. Only what the tests write comes and goes now."""
+@contextlib.asynccontextmanager
+async def items(seed_rows: int) -> AsyncIterator[tuple[Resetter, asyncpg.Connection]]:
+    """A clone holding ``item`` (``seed_rows`` seed rows, 73 bytes of name each) and
+    ``purchase``, which refers to it; the restore inside the check needs a superuser."""
     schema = (
-        "CREATE TABLE item (id serial PRIMARY KEY, name text NOT NULL);"
-        "INSERT INTO item (name) SELECT 'seed item number ' || g FROM generate_series(1, 300) g;"
+        "CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL);"
+        "INSERT INTO item SELECT g, 'seed item ' || repeat('x', 60) || g"
+        f" FROM generate_series(1, {seed_rows}) g;"
         "CREATE TABLE purchase (id serial PRIMARY KEY, item_id int REFERENCES item)"
     )
     async with clone_of(schema) as (resetter, test):
         if not resetter.layout.superuser:
             pytest.skip("the restore inside the check needs a superuser")
+        yield resetter, test
+
+
+async def test_a_seeded_table_does_not_grow_with_the_number_of_restores() -> None:
+    """Emptied and refilled whole at every restore, a seeded table grew by its seed rows each
+    time (the space a DELETE frees is reused only after a VACUUM, which a test run does not
+    wait for), until it passed TRUNCATE_ABOVE_BYTES and was TRUNCATEd with every table that
+    refers to it. Only what the tests write comes and goes now."""
+    async with items(300) as (resetter, test):
         start = await test.fetchval("SELECT pg_relation_size('item')")
         for number in range(40):
             await test.execute(
                 f"UPDATE item SET name = 'changed' WHERE id = {number % 300 + 1};"
-                "INSERT INTO item (name) VALUES ('new');"
+                "INSERT INTO item VALUES (1000, 'new');"
                 "INSERT INTO purchase (item_id) VALUES (1)"
             )
-            outcome = await resetter.reset("restore")
-            assert outcome.stats is not None
-            assert outcome.stats.in_check
+            await reset_in_check(resetter)
         grown = await test.fetchval("SELECT pg_relation_size('item')") - start
         assert grown <= 4 * 8192, f"item grew by {grown} bytes over 40 restores"
         assert await test.fetchval("SELECT count(*) FROM item WHERE name LIKE 'seed%'") == 300
@@ -942,15 +958,7 @@ async def test_a_big_seeded_table_is_restored_in_the_check_without_a_truncate() 
     check restores it, leaving its seed rows in place, instead of the client TRUNCATEing it and
     the table referring to it, and copying every seed row back. What it grew by since the build
     is what counts."""
-    schema = (
-        "CREATE TABLE item (id int PRIMARY KEY, name text NOT NULL);"
-        "INSERT INTO item SELECT g, 'seed item ' || repeat('x', 60) || g"
-        " FROM generate_series(1, 20000) g;"
-        "CREATE TABLE purchase (id serial PRIMARY KEY, item_id int REFERENCES item)"
-    )
-    async with clone_of(schema) as (resetter, test):
-        if not resetter.layout.superuser:
-            pytest.skip("the restore inside the check needs a superuser")
+    async with items(20000) as (resetter, test):
         files = "SELECT array[pg_relation_filenode('item'), pg_relation_filenode('purchase')]"
         before = await test.fetchval(files)
         assert await test.fetchval("SELECT pg_relation_size('item')") > TRUNCATE_ABOVE_BYTES
@@ -958,10 +966,8 @@ async def test_a_big_seeded_table_is_restored_in_the_check_without_a_truncate() 
             "UPDATE item SET name = 'changed' WHERE id = 7; DELETE FROM item WHERE id = 8;"
             "INSERT INTO item VALUES (20001, 'new'); INSERT INTO purchase (item_id) VALUES (1)"
         )
-        outcome = await resetter.reset("restore")
-        assert outcome.stats is not None
-        assert outcome.stats.in_check
-        assert outcome.stats.truncated == ()
+        stats = await reset_in_check(resetter)
+        assert stats.truncated == ()
         assert await test.fetchval(files) == before, "a table was TRUNCATEd"
         assert await test.fetchval("SELECT count(*) FROM item") == 20000
         assert await test.fetchval("SELECT name FROM item WHERE id = 7") == (

@@ -79,6 +79,7 @@ def test_3_sync_leaves_state_behind(pg_sync_engine):
     with pg_sync_engine.connect() as conn:
         conn.execute(text("CREATE TEMP TABLE scratch (id int)"))
         conn.execute(text("SET app.tenant = 'acme'"))
+        conn.execute(text("PREPARE mine AS SELECT 3"))
         assert conn.scalar(text("SELECT nextval('cached_seq')")) == 1
         conn.commit()
         pytest.state = conn.scalar(text("SELECT pg_backend_pid()"))
@@ -89,6 +90,7 @@ def test_4_sync_gets_it_back_clean(pg_sync_engine):
         assert conn.scalar(text("SELECT pg_backend_pid()")) == pytest.state, "reused"
         assert conn.scalar(text("SELECT to_regclass('pg_temp.scratch')")) is None
         assert conn.scalar(text("SELECT current_setting('app.tenant', true)")) in (None, "")
+        conn.execute(text("PREPARE mine AS SELECT 4"))
         assert conn.scalar(text("SELECT nextval('cached_seq')")) == 1
 """
 
@@ -146,6 +148,82 @@ def test_an_advisory_lock_left_on_a_pooled_connection_is_released_after_the_test
     project.write_tests(ADVISORY_LOCK)
     project.run("-p", "no:xdist").assert_outcomes(passed=4)
 
+
+
+# The clean at a test's end costs a round trip per connection: one the test never checked out
+# was cleaned at an earlier test's end and is left as it is (its last query stays that clean).
+IDLE_LEFT_ALONE = """
+import asyncpg
+import pytest
+from sqlalchemy import text
+
+
+async def last_query_at(database, pid):
+    other = await asyncpg.connect(database.libpq_url)
+    try:
+        return await other.fetchval(
+            "SELECT query_start FROM pg_stat_activity WHERE pid = $1", pid
+        )
+    finally:
+        await other.close()
+
+
+async def test_1_leaves_two_idle_connections(pg_engine):
+    async with pg_engine.connect() as a, pg_engine.connect() as b:
+        pids = [await c.scalar(text("SELECT pg_backend_pid()")) for c in (a, b)]
+    pytest.pids = set(pids)
+
+
+async def test_2_uses_one_of_them(pg_engine, pg_database):
+    async with pg_engine.connect() as conn:
+        used = await conn.scalar(text("SELECT pg_backend_pid()"))
+    (idle,) = pytest.pids - {used}
+    pytest.idle = idle, await last_query_at(pg_database, idle)
+
+
+async def test_3_the_other_one_was_not_cleaned_again(pg_database):
+    idle, at = pytest.idle
+    assert at is not None
+    assert await last_query_at(pg_database, idle) == at
+"""
+
+
+def test_a_pooled_connection_no_test_used_is_not_cleaned_again(project: InnerProject) -> None:
+    project.add_ini(**SESSION_LOOP)
+    project.write_tests(IDLE_LEFT_ALONE)
+    project.run("-p", "no:xdist").assert_outcomes(passed=3)
+
+
+# A connection still checked out at a test's end misses that clean: the next test that checks
+# it out gets it cleaned first.
+HELD_ACROSS = """
+import pytest
+from sqlalchemy import text
+
+
+async def test_1_keeps_a_connection_past_its_end(pg_engine):
+    conn = await pg_engine.connect()
+    await conn.execute(text("SET app.tenant = 'acme'"))
+    await conn.commit()
+    pytest.held = conn, await conn.scalar(text("SELECT pg_backend_pid()"))
+    await conn.commit()
+
+
+async def test_2_gets_it_clean(pg_engine):
+    held, pid = pytest.held
+    await held.close()
+    async with pg_engine.connect() as conn:
+        assert await conn.scalar(text("SELECT pg_backend_pid()")) == pid, "reused"
+        assert await conn.scalar(text("SELECT current_setting('app.tenant', true)")) in (None, "")
+"""
+
+
+def test_a_connection_held_past_a_tests_end_is_cleaned_at_its_next_checkout(
+    project: InnerProject,
+) -> None:
+    project.add_ini(**SESSION_LOOP)
+    project.write_tests(HELD_ACROSS)
+    project.run("-p", "no:xdist").assert_outcomes(passed=2)
 
 DANGLING = """
 import pytest

@@ -4,9 +4,10 @@ asyncpg connections belong to the loop that opened them, so an async engine live
 its pytest-asyncio loop (``EnginePool``), keyed by the URL it was asked for: a conftest
 ``pg_database`` that returns another database gets engines on that database. A pooled
 connection keeps session state between tests (a temp table, a ``SET``, values a ``CACHE 20``
-sequence handed it, a ``LISTEN``, an advisory lock); the first checkout in a new test resets
-it, in one round trip and without ``DEALLOCATE ALL``, which would break the drivers' statement
-caches.
+sequence handed it, a ``LISTEN``, an advisory lock); the idle connections a test checked out
+are reset at its end, and any other the first time a test checks it out, in one round trip and
+without ``DEALLOCATE ALL``, which would break the drivers' statement caches. A connection no
+test checked out since it was last reset is left as it is.
 """
 
 from __future__ import annotations
@@ -26,12 +27,20 @@ T = TypeVar("T")
 
 CLEAN_SESSION = (
     "CLOSE ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); SET SESSION AUTHORIZATION DEFAULT;"
-    " RESET ALL; DISCARD TEMP; DISCARD SEQUENCES; DO $$ DECLARE n text; BEGIN"
+    " RESET ALL; DISCARD TEMP; DISCARD SEQUENCES;"
+    " SELECT FROM pg_prepared_statements WHERE from_sql"
+)
+"""``DISCARD ALL`` but for the protocol-level prepared statements drivers cache. Its last
+statement counts those a test made with SQL ``PREPARE``; only then does ``DEALLOCATE_SQL`` run
+(a ``DO`` block is compiled at every call: a tenth of a millisecond each test for nothing)."""
+DEALLOCATE_SQL = (
+    "DO $$ DECLARE n text; BEGIN"
     " FOR n IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP"
     " EXECUTE format('DEALLOCATE %I', n); END LOOP; END $$"
 )
-"""``DISCARD ALL`` but for the protocol-level prepared statements drivers cache."""
-_EPOCH = "pgtemplate_epoch"
+_NONE_PREPARED = "SELECT 0"
+_USED_IN = "pgtemplate_used_in"
+"""The epoch (the test) that last checked a connection out; gone once it is cleaned."""
 _await: Callable[[Any], Any] = getattr(sa_util, "await_", None) or sa_util.await_only
 
 
@@ -59,7 +68,8 @@ def generation(database: object) -> int:
 
 
 def epoch(database: object) -> int:
-    """Grows at every test's start: a connection checked out again is cleaned first."""
+    """Grows at every test's start: a connection a test left checked out is cleaned when a
+    later test checks it out."""
     return int(getattr(database, "epoch", 0))
 
 
@@ -69,7 +79,9 @@ class _Entry:
     database: object
     generation: int
     cleaning: bool = False
-    """At a test's end: every checkout cleans, for the next test (its epoch is one more)."""
+    """At a test's end: each connection checked out since it was last cleaned is cleaned."""
+    returned: bool = False
+    """A connection that needs the clean went back to the pool since the last clean."""
 
 
 @dataclass
@@ -132,7 +144,9 @@ class EnginePool:
             _sync_side(entry.engine).dispose(close=False)
             entry.generation = generation(database)
             return
-        entry.cleaning = True
+        if not entry.returned:  # every idle connection is clean: no hop to the loop
+            return
+        entry.cleaning, entry.returned = True, False
         try:
             if self.sync:
                 _clean_each(entry.engine)
@@ -158,22 +172,28 @@ def _sync_side(engine: Any) -> Engine:
 
 
 def _clean_on_reuse(entry: _Entry) -> None:
+    """A connection is dirty from its first checkout to its next clean. The clean comes at the
+    end of the test that checked it out, or at its first checkout in a later test when it was
+    not idle then (a wider fixture held it). A fresh connection is clean (SQLAlchemy empties
+    ``info`` when it replaces one)."""
     pool = _sync_side(entry.engine).pool
 
-    def connected(dbapi_connection: Any, record: Any) -> None:
-        record.info[_EPOCH] = epoch(entry.database)
-
     def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if entry.cleaning:
+            if record.info.pop(_USED_IN, None) is not None:
+                _clean_or_replace(dbapi_connection)
+            return
         now = epoch(entry.database)
-        if entry.cleaning or record.info.get(_EPOCH) != now:
-            try:
-                clean(dbapi_connection)
-            except Exception as exc:  # a connection the server ended: the pool replaces it
-                raise DisconnectionError(f"pytest-pgtemplate: {exc}") from exc
-            record.info[_EPOCH] = now + 1 if entry.cleaning else now
+        if record.info.get(_USED_IN, now) != now:
+            _clean_or_replace(dbapi_connection)
+        record.info[_USED_IN] = now
 
-    event.listen(pool, "connect", connected)
+    def checked_in(dbapi_connection: Any, record: Any) -> None:
+        if _USED_IN in record.info:
+            entry.returned = True
+
     event.listen(pool, "checkout", checked_out)
+    event.listen(pool, "checkin", checked_in)
 
 
 def _idle(engine: Any) -> int:
@@ -202,16 +222,28 @@ async def _clean_each_async(engine: AsyncEngine) -> None:
             await connection.close()
 
 
+def _clean_or_replace(dbapi_connection: Any) -> None:
+    try:
+        clean(dbapi_connection)
+    except Exception as exc:  # a connection the server ended: the pool replaces it
+        raise DisconnectionError(f"pytest-pgtemplate: {exc}") from exc
+
+
 def clean(dbapi_connection: Any) -> None:
     """Reset one driver connection's session state (asyncpg through SQLAlchemy's adapter, or
     psycopg); it is outside a transaction when the pool hands it out."""
     driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
-    if hasattr(driver, "get_server_pid"):  # asyncpg
-        _await(driver.execute(CLEAN_SESSION))
+    if hasattr(driver, "get_server_pid"):  # asyncpg: the status of the last statement
+        if _await(driver.execute(CLEAN_SESSION)) != _NONE_PREPARED:
+            _await(driver.execute(DEALLOCATE_SQL))
         return
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(CLEAN_SESSION)
+        while cursor.nextset():  # psycopg: on the first statement's result; the count is last
+            pass
+        if cursor.statusmessage != _NONE_PREPARED:
+            cursor.execute(DEALLOCATE_SQL)
     finally:
         cursor.close()
     dbapi_connection.commit()

@@ -149,7 +149,6 @@ def test_an_advisory_lock_left_on_a_pooled_connection_is_released_after_the_test
     project.run("-p", "no:xdist").assert_outcomes(passed=4)
 
 
-
 # The clean at a test's end costs a round trip per connection: one the test never checked out
 # was cleaned at an earlier test's end and is left as it is (its last query stays that clean).
 IDLE_LEFT_ALONE = """
@@ -224,6 +223,7 @@ def test_a_connection_held_past_a_tests_end_is_cleaned_at_its_next_checkout(
     project.add_ini(**SESSION_LOOP)
     project.write_tests(HELD_ACROSS)
     project.run("-p", "no:xdist").assert_outcomes(passed=2)
+
 
 DANGLING = """
 import pytest

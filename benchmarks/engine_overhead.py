@@ -110,8 +110,9 @@ def one_case(
     """A pool of its own: ``idle`` connections, cleaned once; each test uses ``used`` of them."""
     pool = engines.EnginePool(runner)
     database = _Database(url, url)
-    engine = pool.async_engine(database)
-    if clean != "plugin":  # a pool like the plugin's, without its checkout hook
+    if clean == "plugin":
+        engine = pool.async_engine(database)
+    else:  # a pool like the plugin's, without its checkout hook
         engine = create_async_engine(url, pool_size=2, max_overflow=8)
 
     async def warm() -> None:
@@ -127,7 +128,8 @@ def one_case(
             await connection.close()
 
     runner.run(warm())
-    pool.clean_idle(database)
+    if clean == "plugin":
+        pool.clean_idle(database)
 
     def test() -> None:
         database.epoch += 1
@@ -157,10 +159,10 @@ def measure(test: Callable[[], None], rounds: int) -> list[float]:
     return timings
 
 
-def measure_once(test: Callable[[], None]) -> list[float]:
+def measure_once(test: Callable[[], None]) -> float:
     started = time.perf_counter()
     test()
-    return [(time.perf_counter() - started) * 1000]
+    return (time.perf_counter() - started) * 1000
 
 
 def main() -> None:
@@ -187,7 +189,7 @@ def main() -> None:
         test()  # warm-up
     for _ in range(args.rounds):
         for label, test in cases.items():
-            timings[label] += measure_once(test)
+            timings[label].append(measure_once(test))
     labels = list(dict.fromkeys(label.split(" | ")[0] for label in cases))
     for label in labels:
         cells = [timings[f"{label} | {clean}"] for clean in ("none", "plugin", "before")]

@@ -32,7 +32,7 @@ CLEAN_SESSION = (
 )
 """``DISCARD ALL`` but for the protocol-level prepared statements drivers cache. Its last
 statement counts those a test made with SQL ``PREPARE``; only then does ``DEALLOCATE_SQL`` run
-(a ``DO`` block is compiled at every call: a tenth of a millisecond each test for nothing)."""
+(a ``DO`` block is compiled at every call)."""
 DEALLOCATE_SQL = (
     "DO $$ DECLARE n text; BEGIN"
     " FOR n IN SELECT name FROM pg_prepared_statements WHERE from_sql LOOP"
@@ -152,6 +152,9 @@ class EnginePool:
                 _clean_each(entry.engine)
             else:
                 self.run(_clean_each_async(entry.engine))
+        except BaseException:  # cut short (Ctrl-C): what it did not reach waits for the next
+            entry.returned = True
+            raise
         finally:
             entry.cleaning = False
 
